@@ -1,0 +1,64 @@
+"""Checkpoints that describe themselves: model kind, constructor config, weights, the dataset's
+metadata (world, dt, state_scale) and samples seen. Plain tensors and containers only, so they load
+with torch.load(..., weights_only=True)."""
+import torch
+
+from .config import CHECKPOINT_FORMAT, NEIGHBORHOOD_RADII
+from .cli import NPEError
+from .files import load_torch, save_torch
+from .models import MODELS, build_model
+
+TRAIN_HINT = "train one with train_npe_4ball.py or train_npe_4ball_modern.py, or fix the path"
+
+
+def model_geometry(meta):
+    """The parts of a model's config that follow from the dataset: mask radius and integration step."""
+    pos_scale, vel_scale = meta["state_scale"][0], meta["state_scale"][2]
+    return {
+        "neighborhood": NEIGHBORHOOD_RADII * meta["world"]["radius"] / pos_scale,
+        "pos_step": vel_scale * meta["dt"] / pos_scale,
+    }
+
+
+def save_checkpoint(path, model, config, meta, samples_seen, args=None):
+    save_torch({
+        "format": CHECKPOINT_FORMAT,
+        "kind": model.kind,
+        "config": config,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "meta": meta,
+        "samples_seen": samples_seen,
+        "args": args or {},
+    }, path)
+
+
+def load_checkpoint(path, kind=None):
+    """The checkpoint dict, checked; `kind` ("classic" / "modern") if the caller needs one."""
+    ckpt = load_torch(path, "checkpoint", TRAIN_HINT)
+    if not isinstance(ckpt, dict) or ckpt.get("kind") not in MODELS or "state_dict" not in ckpt:
+        raise NPEError(f"{path} is not an NPE checkpoint ({TRAIN_HINT})")
+    if kind and ckpt["kind"] != kind:
+        raise NPEError(f"{path} holds a {ckpt['kind']} NPE, but a {kind} one is needed here "
+                       f"(pass it with --{ckpt['kind']}_ckpt)")
+    return ckpt
+
+
+def load_model(path, device="cpu", kind=None):
+    """The model of any checkpoint, on `device`, in eval mode."""
+    ckpt = load_checkpoint(path, kind)
+    try:
+        model = build_model(ckpt["kind"], ckpt["config"])
+        model.load_state_dict(ckpt["state_dict"])
+    except (TypeError, RuntimeError, KeyError) as err:
+        raise NPEError(f"{path} does not match its model config: {str(err).splitlines()[0]}") from None
+    model.meta = ckpt["meta"]
+    return model.to(device).eval()
+
+
+def same_world(metas, paths):
+    """Checkpoints (and datasets) used side by side must share one world; returns the first metadata."""
+    for path, meta in zip(paths[1:], metas[1:]):
+        if meta["world"] != metas[0]["world"]:
+            raise NPEError(f"{path} comes from another world than {paths[0]} ({meta['world']} vs "
+                           f"{metas[0]['world']}); use checkpoints and data made with the same settings")
+    return metas[0]

@@ -1,0 +1,128 @@
+"""The Neural Physics Engine: a pairwise encoder summed over each ball's neighbourhood, and a decoder.
+
+Both models take `frames` [B, 2, N, 5] (normalized states at t-1 and t) and return the normalized
+velocity at t+1, [B, N, 2]. The network itself predicts the change of velocity divided by
+`dv_scale` (the standard deviation of that change in the training data), so its outputs are O(1);
+forward() adds it back to the velocity at t. Everything is dense over [B, N, N] pairs with a mask:
+no loops over balls, any N, and permuting the balls permutes the outputs.
+"""
+import torch
+from torch import nn
+
+from .config import POS, STATE_DIM, VEL
+
+FEATURES = 2 * STATE_DIM  # one ball over the two input frames
+
+
+class NPEBase(nn.Module):
+    """Shared input features, neighbourhood mask and output scaling.
+
+    neighborhood: mask radius in normalized position units (3.5 ball radii).
+    dv_scale: std of the velocity change per frame, in normalized velocity units.
+    pos_step: normalized position change per frame for a normalized velocity of 1 (vel_scale * dt / pos_scale).
+    """
+
+    def __init__(self, neighborhood: float, dv_scale: float, pos_step: float):
+        super().__init__()
+        self.neighborhood, self.dv_scale, self.pos_step = neighborhood, dv_scale, pos_step
+
+    def features(self, frames):
+        """frames [B, 2, N, 5] -> focus [B, N, 10], context [B, N, N, 10], mask [B, N, N] (focus i, context j).
+
+        The focus is described absolutely (the walls are fixed in the box frame); a context ball by its
+        position relative to the focus, its velocity and its mass, so a pair looks the same anywhere.
+        """
+        b, _, n, _ = frames.shape
+        states = frames.permute(0, 2, 1, 3)  # [B, N, 2, 5]
+        focus = states.reshape(b, n, FEATURES)
+        pos = states[..., POS]  # [B, N, 2, 2]
+        rel = pos[:, None, :, :, :] - pos[:, :, None, :, :]  # [B, i, j, 2, 2]: pos_j - pos_i
+        other = states[:, None, :, :, VEL.start:].expand(b, n, n, 2, STATE_DIM - VEL.start)  # [B, i, j, 2, 3]
+        context = torch.cat([rel, other], dim=-1).reshape(b, n, n, FEATURES)
+        dist = rel[:, :, :, 1].norm(dim=-1)  # [B, N, N] at time t
+        eye = torch.eye(n, dtype=torch.bool, device=frames.device)
+        mask = (dist < self.neighborhood) & ~eye
+        return focus, context, mask
+
+    def forward(self, frames):
+        """frames [B, 2, N, 5] -> normalized velocity at t+1 [B, N, 2]."""
+        return frames[:, 1, :, VEL] + self.dv_scale * self.delta(frames)
+
+    def delta(self, frames):
+        raise NotImplementedError
+
+
+def mlp(sizes, final_activation):
+    layers = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(a, b))
+        if final_activation or i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+class ClassicNPE(NPEBase):
+    """The paper's network: a 25-unit ReLU layer per object, a 5 x 50 ReLU pairwise encoder, the
+    encodings of the neighbourhood summed, and a 5-layer, 50-unit decoder that also sees the focus."""
+
+    kind = "classic"
+
+    def __init__(self, neighborhood, dv_scale, pos_step, object_dim=25, hidden=50, enc_layers=5, dec_layers=5):
+        super().__init__(neighborhood, dv_scale, pos_step)
+        self.focus_in = mlp([FEATURES, object_dim], True)
+        self.context_in = mlp([FEATURES, object_dim], True)
+        self.encoder = mlp([2 * object_dim] + [hidden] * enc_layers, True)
+        self.decoder = mlp([hidden + object_dim] + [hidden] * (dec_layers - 1) + [2], False)
+
+    def delta(self, frames):
+        focus, context, mask = self.features(frames)
+        f = self.focus_in(focus)  # [B, N, 25]
+        c = self.context_in(context)  # [B, N, N, 25]
+        pairs = torch.cat([f[:, :, None].expand_as(c), c], dim=-1)  # [B, N, N, 50]
+        encoded = (self.encoder(pairs) * mask[..., None]).sum(dim=2)  # [B, N, 50]
+        return self.decoder(torch.cat([encoded, f], dim=-1))  # [B, N, 2]
+
+
+class ResidualBlock(nn.Module):
+    """Pre-norm MLP block: x + W2 dropout(GELU(W1 LayerNorm(x)))."""
+
+    def __init__(self, dim, expansion, dropout):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.LayerNorm(dim), nn.Linear(dim, dim * expansion), nn.GELU(), nn.Dropout(dropout),
+            nn.Linear(dim * expansion, dim),
+        )
+
+    def forward(self, x):
+        return x + self.net(x)
+
+
+class ModernNPE(NPEBase):
+    """The same encode, sum, decode structure from pre-norm residual MLP blocks."""
+
+    kind = "modern"
+
+    def __init__(self, neighborhood, dv_scale, pos_step, msg_dim=96, enc_blocks=3, dec_blocks=3,
+                 expansion=2, dropout=0.0):
+        super().__init__(neighborhood, dv_scale, pos_step)
+        self.focus_in = nn.Linear(FEATURES, msg_dim)
+        self.context_in = nn.Linear(FEATURES, msg_dim)
+        self.encoder = nn.Sequential(*[ResidualBlock(msg_dim, expansion, dropout) for _ in range(enc_blocks)],
+                                     nn.LayerNorm(msg_dim))
+        self.merge = nn.Linear(2 * msg_dim, msg_dim)
+        self.decoder = nn.Sequential(*[ResidualBlock(msg_dim, expansion, dropout) for _ in range(dec_blocks)],
+                                     nn.LayerNorm(msg_dim), nn.Linear(msg_dim, 2))
+
+    def delta(self, frames):
+        focus, context, mask = self.features(frames)
+        f = self.focus_in(focus)  # [B, N, D]
+        pairs = f[:, :, None] + self.context_in(context)  # [B, N, N, D]: Linear of the concatenated pair
+        encoded = (self.encoder(pairs) * mask[..., None]).sum(dim=2)  # [B, N, D]
+        return self.decoder(self.merge(torch.cat([encoded, f], dim=-1)))  # [B, N, 2]
+
+
+MODELS = {m.kind: m for m in (ClassicNPE, ModernNPE)}
+
+
+def build_model(kind, config):
+    return MODELS[kind](**config)

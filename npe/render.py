@@ -1,0 +1,89 @@
+"""Videos of rollouts: panels side by side, one per trajectory, the box and the balls drawn to scale."""
+import math
+
+import imageio.v2 as imageio
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.collections import EllipseCollection  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
+
+from .config import POS  # noqa: E402
+from .files import atomic_path  # noqa: E402
+
+DPI = 100
+PANEL_PX = 480  # width of one panel
+PAD_PX, TITLE_PX, FOOTER_PX = 10, 40, 34
+START_FRAMES = 2  # the true frames t-1, t that every rollout starts from
+
+
+def _frame_label(frame, total):
+    if frame < START_FRAMES:
+        return f"frame {frame + 1} / {total}   (true start frame, shared)"
+    return f"frame {frame + 1} / {total}   (rollout step {frame + 1 - START_FRAMES})"
+
+
+def _figure(titles, world, num_balls):
+    """The static figure: one axes per panel with its title and the box, sized so that the pixel
+    dimensions are multiples of 16 (H.264 macroblocks; imageio would otherwise rescale, with a warning).
+    Returns the figure, one ball collection per panel and the frame counter, the last two animated."""
+    w, h, r = world["width"], world["height"], world["radius"]
+    margin = r / 2  # a little room around the box, so a ball a model pushes through a wall stays visible
+    box_w = PANEL_PX - 2 * PAD_PX
+    box_h = round(box_w * (h + 2 * margin) / (w + 2 * margin))
+    fig_w = 16 * math.ceil(PANEL_PX * len(titles) / 16)
+    fig_h = 16 * math.ceil((TITLE_PX + box_h + FOOTER_PX) / 16)
+    fig = plt.figure(figsize=(fig_w / DPI, fig_h / DPI), dpi=DPI)
+    colours = [plt.get_cmap("tab10").colors[i % 10] for i in range(num_balls)]
+    balls = []
+    for k, title in enumerate(titles):
+        ax = fig.add_axes([(k * PANEL_PX + PAD_PX) / fig_w, (fig_h - TITLE_PX - box_h) / fig_h,
+                           box_w / fig_w, box_h / fig_h])
+        ax.set(xlim=(-margin, w + margin), ylim=(-margin, h + margin), aspect="equal")
+        ax.set_axis_off()
+        ax.set_title(title, fontsize=14)
+        ax.add_patch(Rectangle((0, 0), w, h, fill=False, linewidth=2, edgecolor="black"))
+        # Sized in data units (units="xy"), so the balls are to scale; one set_offsets moves them all.
+        balls.append(ax.add_collection(EllipseCollection(
+            2 * r, 2 * r, 0, units="xy", offsets=np.zeros((num_balls, 2)), offset_transform=ax.transData,
+            facecolors=colours, animated=True)))
+    counter = fig.text(0.5, FOOTER_PX / 2 / fig_h, "", ha="center", va="center", fontsize=12, animated=True)
+    return fig, balls, counter
+
+
+def render_triple(panels, meta, path, fps=30):
+    """panels {title: normalized states [T, N, 5]} -> an mp4 at `path`, the panels side by side in order.
+
+    The first START_FRAMES frames are labelled as the true start that all panels share. Ball i has the
+    same colour in every panel. Written atomically; H.264 in yuv420p, which browsers and ordinary
+    players open.
+    """
+    states = list(panels.values())
+    if len({tuple(s.shape[:2]) for s in states}) != 1:
+        raise ValueError(f"panels differ in frames or balls: {[tuple(s.shape) for s in states]}")
+    scale = torch.tensor(meta["state_scale"][POS], dtype=torch.float32)
+    positions = [(s[..., POS].float().cpu() * scale).numpy() for s in states]  # each [T, N, 2], px
+    total, num_balls = positions[0].shape[:2]
+    fig, balls, counter = _figure(list(panels), meta["world"], num_balls)
+    try:
+        # Blitting: the titles and boxes are drawn once; each frame restores that background and
+        # draws only the balls and the counter, instead of laying out the whole figure again.
+        fig.canvas.draw()
+        background = fig.canvas.copy_from_bbox(fig.bbox)
+        with atomic_path(path) as tmp:
+            with imageio.get_writer(tmp, format="FFMPEG", mode="I", fps=fps, codec="libx264",
+                                    pixelformat="yuv420p", macro_block_size=16,
+                                    ffmpeg_log_level="error") as writer:
+                for t in range(total):
+                    fig.canvas.restore_region(background)
+                    for panel, pos in zip(balls, positions):
+                        panel.set_offsets(pos[t])
+                        fig.draw_artist(panel)
+                    counter.set_text(_frame_label(t, total))
+                    fig.draw_artist(counter)
+                    writer.append_data(np.asarray(fig.canvas.buffer_rgba())[..., :3])  # RGBA -> RGB
+    finally:
+        plt.close(fig)

@@ -1,0 +1,43 @@
+"""The README and the quickstart script use only flags that their scripts take."""
+import re
+import shlex
+
+import pytest
+
+from conftest import REPO, check, run_script
+
+SCRIPTS = sorted(p.name for p in REPO.glob("*.py"))
+
+
+def commands(text):
+    """(script, [flags]) for each `python SCRIPT.py ...` command in text (backslash-continued lines joined)."""
+    text = text.replace("\\\n", " ")
+    found = []
+    for line in text.splitlines():
+        match = re.search(r"(?:python|\$PY)\s+(\w+\.py)\s+(.*)", line)
+        if match:
+            words = shlex.split(match.group(2).split("#")[0])
+            found.append((match.group(1), [w for w in words if w.startswith("--")]))
+    return found
+
+
+README_COMMANDS = commands((REPO / "README.md").read_text())
+QUICKSTART_COMMANDS = commands((REPO / "scripts" / "quickstart.sh").read_text())
+
+
+def test_readme_has_every_script_command():
+    assert {script for script, _ in README_COMMANDS} == set(SCRIPTS)
+
+
+@pytest.fixture(scope="module")
+def script_flags():
+    """{script: set of flags}, read from each script's --help."""
+    return {s: set(re.findall(r"--\w+", check(run_script(s, "--help")).stdout)) for s in SCRIPTS}
+
+
+@pytest.mark.parametrize("script,flags", README_COMMANDS + QUICKSTART_COMMANDS,
+                         ids=[f"{s}:{i}" for i, (s, _) in enumerate(README_COMMANDS + QUICKSTART_COMMANDS)])
+def test_command_flags_exist(script, flags, script_flags):
+    assert script in script_flags, f"{script} is not a script of this repo"
+    unknown = set(flags) - script_flags[script]
+    assert not unknown, f"{script} does not take {sorted(unknown)}"

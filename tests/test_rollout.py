@@ -1,0 +1,109 @@
+"""Autoregressive rollouts, the constant-velocity baseline, and the velocity metrics."""
+import pytest
+import torch
+
+from npe.checkpoint import model_geometry
+from npe.config import MASS, POS, VEL, World, state_scale
+from npe.data import scene_frames
+from npe.models import build_model
+from npe.rollout import ConstantVelocity, rollout, velocity_metrics
+
+WORLD = World()
+META = {"state_scale": state_scale(), "world": WORLD.to_dict(), "dt": WORLD.dt, "seed": 0}
+GEOMETRY = model_geometry(META)
+POS_STEP = GEOMETRY["pos_step"]
+
+
+@pytest.fixture(scope="module")
+def scenes():
+    return scene_frames(META, seed=11, num_scenes=40, num_frames=WORLD.frames_per_scene, workers=1)
+
+
+@pytest.fixture(scope="module")
+def classic():
+    torch.manual_seed(0)
+    return build_model("classic", {**GEOMETRY, "dv_scale": 0.05}).eval()
+
+
+def start_frames(scenes, masses=(1.0, 2.0, 0.5, 3.0)):
+    frames = scenes[:6, 10:12].clone()  # [B, 2, N, 5]
+    frames[..., MASS] = torch.tensor(masses)
+    return frames
+
+
+@pytest.mark.parametrize("predictor", ["classic", "constant velocity"])
+def test_rollout_returns_a_state_per_step_and_ball(scenes, classic, predictor):
+    model = classic if predictor == "classic" else ConstantVelocity(POS_STEP)
+    out = rollout(model, start_frames(scenes), steps=7)
+    assert out.shape == (6, 7, 4, 5)
+
+
+def test_rollout_carries_the_mass_over(scenes, classic):
+    frames = start_frames(scenes)
+    out = rollout(classic, frames, steps=5)
+    assert torch.equal(out[..., MASS], frames[:, 1:2, :, MASS].expand(-1, 5, -1))
+
+
+def test_rollout_integrates_positions_from_the_predicted_velocities(scenes, classic):
+    frames = start_frames(scenes)
+    out = rollout(classic, frames, steps=5)
+    previous = torch.cat([frames[:, 1:2, :, POS], out[:, :-1, :, POS]], dim=1)
+    torch.testing.assert_close(out[..., POS], previous + out[..., VEL] * classic.pos_step)
+
+
+def test_rollout_velocities_come_from_the_model_fed_its_own_predictions(scenes, classic):
+    frames = start_frames(scenes)
+    out = rollout(classic, frames, steps=3)
+    window = torch.stack([out[:, 0], out[:, 1]], dim=1)
+    torch.testing.assert_close(out[:, 2, :, VEL], classic(window))
+
+
+def collision_free_segments(scenes, length):
+    """(scene, first frame) of segments of `length` frames in which no velocity changes, after a
+    collision-free frame too (pymunk nudges balls apart for a step after a contact)."""
+    vel = scenes[..., VEL]
+    still = (vel[:, 1:] == vel[:, :-1]).all(dim=-1).all(dim=-1).numpy()  # [S, F - 1]
+    return [(s, t) for s in range(len(scenes)) for t in range(1, scenes.shape[1] - length + 1)
+            if still[s, t - 1:t + length - 1].all()]
+
+
+def test_constant_velocity_reproduces_a_segment_without_collisions(scenes):
+    steps = 12
+    segments = collision_free_segments(scenes, steps + 2)
+    assert len(segments) >= 5
+    for s, t in segments[:: max(1, len(segments) // 10)]:
+        segment = scenes[s:s + 1, t:t + steps + 2]
+        pred = rollout(ConstantVelocity(POS_STEP), segment[:, :2], steps)
+        torch.testing.assert_close(pred, segment[:, 2:], rtol=0, atol=2e-6)  # ~1.6e-3 px
+
+
+def test_constant_velocity_misses_collisions(scenes):
+    pred = rollout(ConstantVelocity(POS_STEP), scenes[:, :2], 40)
+    assert (pred[..., VEL] - scenes[:, 2:42, :, VEL]).abs().max() > 0.1
+
+
+def test_velocity_metrics_of_a_perfect_prediction_are_cosine_one_and_error_zero(scenes):
+    truth = scenes[:, 2:12]
+    cos, rel, rel_median = velocity_metrics(truth.clone(), truth)
+    assert cos.shape == rel.shape == rel_median.shape == (10,)
+    torch.testing.assert_close(cos, torch.ones(10))
+    assert torch.all(rel == 0) and torch.all(rel_median == 0)
+
+
+def test_velocity_metrics_of_a_reversed_prediction_are_cosine_minus_one_and_error_zero(scenes):
+    truth = scenes[:, 2:12]
+    pred = truth.clone()
+    pred[..., VEL] *= -1
+    cos, rel, _ = velocity_metrics(pred, truth)
+    torch.testing.assert_close(cos, -torch.ones(10))
+    torch.testing.assert_close(rel, torch.zeros(10))
+
+
+def test_velocity_metrics_of_a_double_speed_prediction_are_cosine_one_and_error_one(scenes):
+    truth = scenes[:, 2:12]
+    pred = truth.clone()
+    pred[..., VEL] *= 2
+    cos, rel, rel_median = velocity_metrics(pred, truth)
+    torch.testing.assert_close(cos, torch.ones(10))
+    torch.testing.assert_close(rel, torch.ones(10))
+    torch.testing.assert_close(rel_median, torch.ones(10))

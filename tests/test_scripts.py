@@ -1,0 +1,111 @@
+"""The scripts end to end at tiny scale, and what a user sees when an input is wrong: exit status 2,
+one line on stderr starting with 'error:', no traceback, and no output file left behind."""
+import csv
+import re
+
+import imageio.v2 as imageio
+import numpy as np
+import pytest
+import torch
+
+from conftest import TINY_TRAINING
+from npe import load_model
+
+COMPARE = "compare_rollouts_classic_vs_modern.py"
+TQDM = re.compile(r"^[\w ]+:\s+\d+%\|")  # a progress bar line, e.g. "simulating:  40%|####  | 2/5 ..."
+
+
+def test_generate_script_writes_the_splits_and_metadata(dataset):
+    for name in ["train.pt", "val.pt", "test.pt", "meta.json"]:
+        assert dataset.with_name(f"{dataset.name}_{name}").stat().st_size > 0
+
+
+@pytest.mark.parametrize("kind", ["classic", "modern"])
+def test_training_script_writes_a_loadable_checkpoint_and_metrics(checkpoints, kind):
+    ckpt, metrics = checkpoints[kind]
+    assert torch.load(ckpt, weights_only=True)["kind"] == kind
+    assert load_model(ckpt).kind == kind
+    with open(metrics, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == [4, 8]  # 400 samples in batches of 50, a validation every 4
+
+
+def test_render_script_writes_one_video_per_scene_of_start_and_rollout_frames(script, checkpoints, tmp_path):
+    result = script("render_rollout_triple.py", "--classic_ckpt", checkpoints["classic"][0], "--modern_ckpt",
+                    checkpoints["modern"][0], "--num_scenes", 2, "--rollout_steps", 4, "--out_dir", tmp_path / "v")
+    assert result.returncode == 0, result.stderr
+    videos = sorted((tmp_path / "v").iterdir())
+    assert [v.suffix for v in videos] == [".mp4", ".mp4"]
+    with imageio.get_reader(videos[0]) as reader:
+        frames = [frame for frame in reader]  # not list(reader): its len() is inf
+    assert len(frames) == 2 + 4  # the two true start frames, then the rollout
+    height, width, _ = frames[0].shape
+    assert height % 16 == 0 and width % 16 == 0 and width > 2 * height  # three panels side by side
+
+
+def test_compare_script_writes_a_figure_and_per_step_metrics(script, checkpoints, tmp_path):
+    out_png = tmp_path / "figs" / "compare.png"
+    result = script(COMPARE, "--classic_ckpt", checkpoints["classic"][0], "--modern_ckpt",
+                    checkpoints["modern"][0], "--num_scenes", 3, "--rollout_steps", 5, "--out_png", out_png)
+    assert result.returncode == 0, result.stderr
+    assert out_png.read_bytes().startswith(b"\x89PNG")
+    with open(out_png.with_suffix(".csv"), newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted({r["model"] for r in rows}) == ["classic", "constant_velocity", "modern"]
+    assert sorted(int(r["step"]) for r in rows if r["model"] == "modern") == [1, 2, 3, 4, 5]
+    assert all(-1 <= float(r["cosine_similarity"]) <= 1 for r in rows)
+
+
+TRAIN = "--name run --ckpt_dir {out}/ck --metrics_csv {out}/m.csv " + " ".join(map(str, TINY_TRAINING))
+ROLL_OUT = "--num_scenes 2 --rollout_steps 3 --out_png {out}/figs/c.png"
+GENERATE = "--workers 1 --out_prefix {out}/ds/p"
+BAD_INPUTS = {  # case: (script, flags); {names} are paths filled in by the `inputs` fixture
+    "missing dataset prefix": ("train_npe_4ball.py", f"--dataset_prefix {{missing}}/balls {TRAIN}"),
+    "--batch_size -5": ("train_npe_4ball.py", f"--dataset_prefix {{dataset}} {TRAIN} --batch_size -5"),
+    "--batch_size larger than the training split":
+        ("train_npe_4ball.py", f"--dataset_prefix {{dataset}} {TRAIN} --batch_size 99999"),
+    "--lr abc": ("train_npe_4ball_modern.py", f"--dataset_prefix {{dataset}} {TRAIN} --lr abc"),
+    "--lr nan": ("train_npe_4ball.py", f"--dataset_prefix {{dataset}} {TRAIN} --lr nan"),
+    "--lr inf": ("train_npe_4ball.py", f"--dataset_prefix {{dataset}} {TRAIN} --lr inf"),
+    "--total_samples 1e400":
+        ("train_npe_4ball.py", f"--dataset_prefix {{dataset}} {TRAIN} --total_samples 1e400"),
+    "missing checkpoint": (COMPARE, f"--classic_ckpt {{missing}}/c.pt --modern_ckpt {{modern}} {ROLL_OUT}"),
+    "modern checkpoint as --classic_ckpt":
+        (COMPARE, f"--classic_ckpt {{modern}} --modern_ckpt {{modern}} {ROLL_OUT}"),
+    "corrupt checkpoint (random bytes)":
+        (COMPARE, f"--classic_ckpt {{classic}} --modern_ckpt {{random_bytes}} {ROLL_OUT}"),
+    "truncated checkpoint": (COMPARE, f"--classic_ckpt {{truncated}} --modern_ckpt {{modern}} {ROLL_OUT}"),
+    "a dataset split as checkpoint":
+        (COMPARE, f"--classic_ckpt {{classic}} --modern_ckpt {{dataset}}_val.pt {ROLL_OUT}"),
+    "--rollout_steps 0":
+        (COMPARE, f"--classic_ckpt {{classic}} --modern_ckpt {{modern}} {ROLL_OUT} --rollout_steps 0"),
+    "render: modern checkpoint as --classic_ckpt":
+        ("render_rollout_triple.py", "--classic_ckpt {modern} --modern_ckpt {modern} --out_dir {out}/videos"),
+    "--num_scenes 0": ("generate_dataset_4ball.py", f"{GENERATE} --num_scenes 0"),
+    "--num_scenes 2 (fewer than the splits)": ("generate_dataset_4ball.py", f"{GENERATE} --num_scenes 2"),
+    "--out_prefix under a file":
+        ("generate_dataset_4ball.py", "--workers 1 --num_scenes 3 --out_prefix {random_bytes}/p"),
+}
+
+
+@pytest.fixture(scope="module")
+def inputs(dataset, checkpoints, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("inputs")
+    random_bytes, truncated = folder / "random.pt", folder / "truncated.pt"
+    random_bytes.write_bytes(np.random.default_rng(0).bytes(4096))
+    whole = checkpoints["classic"][0].read_bytes()
+    truncated.write_bytes(whole[: len(whole) // 2])
+    return {"dataset": dataset, "classic": checkpoints["classic"][0], "modern": checkpoints["modern"][0],
+            "missing": folder / "nowhere", "random_bytes": random_bytes, "truncated": truncated}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_input_is_one_error_line_with_exit_status_2_and_no_output(script, inputs, tmp_path, case):
+    out = tmp_path / "out"
+    script_name, flags = BAD_INPUTS[case]
+    result = script(script_name, *[flag.format(out=out, **inputs) for flag in flags.split()], timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip() and not TQDM.match(line)]
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr[-2000:]
+    assert not [p for p in out.rglob("*") if p.is_file()]

@@ -1,0 +1,87 @@
+"""The training loop (in process, a few hundred tiny steps): it learns, logs, and checkpoints a model
+that load_model rebuilds exactly."""
+import csv
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import npe.train
+from npe import load_model
+from npe.train import CSV_COLUMNS, train, train_parser
+
+RECIPES = {  # kind: flags; 300 steps of 32 windows, a validation every 5
+    "classic": ["--optimizer", "rmsprop", "--lr", "3e-4"],  # the paper's recipe
+    "modern": ["--optimizer", "adamw", "--lr", "3e-3", "--msg_dim", "32", "--enc_blocks", "1",
+               "--dec_blocks", "1", "--dropout", "0.3", "--warmup_frac", "0.1", "--schedule", "cosine"],
+}
+BATCH, STEPS, EVAL_EVERY = 32, 300, 5
+
+
+@pytest.fixture(scope="module", params=list(RECIPES))
+def run(request, dataset, tmp_path_factory):
+    """Train one model; keep what the live model predicted (in eval mode) when it was last saved."""
+    kind, out = request.param, tmp_path_factory.mktemp(f"train_{request.param}")
+    args = train_parser(kind, "test", name="tiny", batch_size=BATCH, total_samples=BATCH * STEPS,
+                        eval_every=EVAL_EVERY, optimizer="adamw", lr=1e-3, weight_decay=0.0, schedule="constant",
+                        warmup_frac=0.0, max_grad_norm=0.0, noise_std=0.0).parse_args(
+        ["--dataset_prefix", str(dataset), "--ckpt_dir", str(out), "--metrics_csv", str(out / "metrics.csv"),
+         "--device", "cpu", *RECIPES[kind]])
+    probe = torch.load(f"{dataset}_test.pt", weights_only=True)[:64, :2]  # [64, 2, N, 5]
+    outputs, save = [], npe.train.save_checkpoint
+
+    def save_and_probe(path, model, *rest):
+        training = model.training
+        model.eval()
+        with torch.no_grad():
+            outputs.append(model(probe))
+        model.train(training)
+        save(path, model, *rest)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(npe.train, "save_checkpoint", save_and_probe)
+        ckpt = train(kind, args)
+    with open(out / "metrics.csv", newline="") as f:
+        reader = csv.DictReader(f)
+        header, rows = reader.fieldnames, list(reader)
+    return SimpleNamespace(kind=kind, ckpt=ckpt, header=header, rows=rows, probe=probe, outputs=outputs[-1],
+                           meta=json.loads(dataset.with_name(dataset.name + "_meta.json").read_text()))
+
+
+def test_training_lowers_the_validation_loss_below_its_first_value(run):
+    val = [float(r["val_loss"]) for r in run.rows]
+    assert val[-1] < val[0]
+
+
+def test_metrics_csv_has_the_documented_columns(run):
+    assert run.header == ["step", "samples_seen", "train_loss", "val_loss", "lr", "elapsed_s"] == CSV_COLUMNS
+
+
+def test_metrics_csv_has_a_row_per_validation(run):
+    assert [int(r["step"]) for r in run.rows] == list(range(EVAL_EVERY, STEPS + 1, EVAL_EVERY))
+    assert [int(r["samples_seen"]) for r in run.rows] == [int(r["step"]) * BATCH for r in run.rows]
+    elapsed = [float(r["elapsed_s"]) for r in run.rows]
+    assert elapsed == sorted(elapsed)
+    for r in run.rows:
+        assert float(r["lr"]) >= 0 and float(r["train_loss"]) > 0 and float(r["val_loss"]) > 0
+
+
+def test_checkpoint_loads_with_weights_only_and_describes_itself(run):
+    ckpt = torch.load(run.ckpt, weights_only=True)
+    assert {"kind", "config", "state_dict", "meta", "samples_seen"} <= set(ckpt)
+    assert ckpt["kind"] == run.kind
+    assert ckpt["meta"] == run.meta
+    assert ckpt["samples_seen"] == BATCH * STEPS
+    assert all(isinstance(v, torch.Tensor) for v in ckpt["state_dict"].values())
+
+
+def test_load_model_returns_a_model_in_eval_mode(run):
+    model = load_model(run.ckpt)
+    assert model.kind == run.kind
+    assert not any(m.training for m in model.modules())
+
+
+def test_load_model_reproduces_the_trained_models_outputs(run):
+    with torch.no_grad():
+        torch.testing.assert_close(load_model(run.ckpt)(run.probe), run.outputs, rtol=0, atol=0)
