@@ -56,6 +56,25 @@ def test_compare_script_writes_a_figure_and_per_step_metrics(script, checkpoints
     assert all(-1 <= float(r["cosine_similarity"]) <= 1 for r in rows)
 
 
+def test_compare_script_with_test_prefix_writes_the_results_table(script, checkpoints, dataset, tmp_path):
+    out_png = tmp_path / "results.png"
+    result = script(COMPARE, "--classic_ckpt", checkpoints["classic"][0], "--modern_ckpt",
+                    checkpoints["modern"][0], "--num_scenes", 2, "--rollout_steps", 50, "--out_png", out_png,
+                    "--test_prefix", dataset)
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in out_png.with_suffix(".md").read_text().splitlines() if line.startswith("| ")]
+    assert [r.split("|")[1].strip() for r in rows] == ["model", "classic", "modern", "constant velocity"]
+    assert all(len(r.split("|")) == len(rows[0].split("|")) for r in rows)
+
+
+def test_plot_script_writes_a_png_of_both_curves(script, checkpoints, tmp_path):
+    out_png = tmp_path / "figs" / "curves.png"
+    result = script("plot_compare_classic_vs_modern_samples.py", "--classic_csv", checkpoints["classic"][1],
+                    "--modern_csv", checkpoints["modern"][1], "--out_png", out_png, "--smooth", 0.5)
+    assert result.returncode == 0, result.stderr
+    assert out_png.read_bytes().startswith(b"\x89PNG")
+
+
 TRAIN = "--name run --ckpt_dir {out}/ck --metrics_csv {out}/m.csv " + " ".join(map(str, TINY_TRAINING))
 ROLL_OUT = "--num_scenes 2 --rollout_steps 3 --out_png {out}/figs/c.png"
 GENERATE = "--workers 1 --out_prefix {out}/ds/p"
@@ -81,6 +100,14 @@ BAD_INPUTS = {  # case: (script, flags); {names} are paths filled in by the `inp
         (COMPARE, f"--classic_ckpt {{classic}} --modern_ckpt {{modern}} {ROLL_OUT} --rollout_steps 0"),
     "render: modern checkpoint as --classic_ckpt":
         ("render_rollout_triple.py", "--classic_ckpt {modern} --modern_ckpt {modern} --out_dir {out}/videos"),
+    "fresh scenes with the training data's seed":
+        (COMPARE, f"--classic_ckpt {{classic}} --modern_ckpt {{modern}} {ROLL_OUT} --seed 7"),
+    "--test_prefix with too few rollout steps":
+        (COMPARE, f"--classic_ckpt {{classic}} --modern_ckpt {{modern}} {ROLL_OUT} --test_prefix {{dataset}}"),
+    "plot: missing CSV": ("plot_compare_classic_vs_modern_samples.py",
+                          "--classic_csv {missing}/c.csv --modern_csv {missing}/m.csv --out_png {out}/p.png"),
+    "plot: a checkpoint as CSV": ("plot_compare_classic_vs_modern_samples.py",
+                                  "--classic_csv {classic} --modern_csv {classic} --out_png {out}/p.png"),
     "--num_scenes 0": ("generate_dataset_4ball.py", f"{GENERATE} --num_scenes 0"),
     "--num_scenes 2 (fewer than the splits)": ("generate_dataset_4ball.py", f"{GENERATE} --num_scenes 2"),
     "--out_prefix under a file":
