@@ -20,8 +20,9 @@ def model_geometry(meta):
     }
 
 
-def save_checkpoint(path, model, config, meta, samples_seen, args=None):
-    save_torch({
+def save_checkpoint(path, model, config, meta, samples_seen, args=None, train_state=None):
+    """train_state (optimizer, schedule, RNG, batch order, metrics so far) makes it resumable."""
+    ckpt = {
         "format": CHECKPOINT_FORMAT,
         "kind": model.kind,
         "config": config,
@@ -29,7 +30,10 @@ def save_checkpoint(path, model, config, meta, samples_seen, args=None):
         "meta": meta,
         "samples_seen": samples_seen,
         "args": args or {},
-    }, path)
+    }
+    if train_state is not None:
+        ckpt["train_state"] = train_state
+    save_torch(ckpt, path)
 
 
 def load_checkpoint(path, kind=None):

@@ -8,6 +8,16 @@ import sys
 class NPEError(Exception):
     """A problem with the user's input: a path, a file, a flag value."""
 
+    exit_code = 2
+
+
+class Interrupted(NPEError):
+    """A run stopped by a signal after saving its state."""
+
+    def __init__(self, message, exit_code):
+        super().__init__(message)
+        self.exit_code = exit_code
+
 
 class _ShowDefaults(argparse.ArgumentDefaultsHelpFormatter):
     """Appends "(default: X)" to each flag's help, except where the help says what None means."""
@@ -68,4 +78,7 @@ def run_cli(main):
         main()
     except NPEError as err:
         print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(err.exit_code)
+    except KeyboardInterrupt:  # Ctrl-C outside training; outputs are atomic, so nothing half-written stays
+        print("error: interrupted; no output was left half-written", file=sys.stderr)
+        sys.exit(130)

@@ -7,6 +7,7 @@ import numpy as np
 import pymunk
 from tqdm import tqdm
 
+from .cli import NPEError
 from .config import STATE_DIM, World
 
 
@@ -24,7 +25,8 @@ def initial_state(world: World, rng: np.random.Generator):
             if np.all(np.linalg.norm(pos[:i] - p, axis=1) >= 2 * r):
                 break
         else:
-            raise ValueError(f"cannot place {world.num_balls} balls of radius {r} in the box")
+            raise NPEError(f"cannot place {world.num_balls} non-overlapping balls of radius {r} in a "
+                           f"{world.width:g} x {world.height:g} box; use fewer or smaller balls")
         pos[i] = p
     speed = rng.uniform(world.min_speed, world.max_speed, world.num_balls)
     angle = rng.uniform(0, 2 * math.pi, world.num_balls)

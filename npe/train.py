@@ -2,14 +2,15 @@
 are drawn by index, validation runs on the whole val split, and a metrics CSV and a checkpoint are
 (re)written atomically at every evaluation."""
 import math
+import signal
 import time
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from .checkpoint import model_geometry, save_checkpoint
-from .cli import NPEError, Parser, fraction, nonnegative_float, positive_float, positive_int
+from .checkpoint import load_checkpoint, model_geometry, save_checkpoint
+from .cli import Interrupted, NPEError, Parser, fraction, nonnegative_float, positive_float, positive_int
 from .config import VEL
 from .data import load_meta, load_split
 from .files import save_text
@@ -18,6 +19,9 @@ from .rollout import one_step_mse
 
 CSV_COLUMNS = ["step", "samples_seen", "train_loss", "val_loss", "lr", "elapsed_s"]
 MODEL_FLAGS = {"modern": ["msg_dim", "enc_blocks", "dec_blocks", "expansion", "dropout"]}
+# Flags that shape a run: --resume refuses to continue a run with different ones.
+RESUME_FLAGS = ["batch_size", "total_samples", "optimizer", "lr", "weight_decay", "schedule", "warmup_frac",
+                "max_grad_norm", "noise_std", "seed", *MODEL_FLAGS["modern"]]
 
 
 def train_parser(kind, description, **defaults):
@@ -29,7 +33,13 @@ def train_parser(kind, description, **defaults):
     p.add_argument("--metrics_csv", type=Path, default=None, help="metrics CSV (default: logs/NAME.csv)")
     p.add_argument("--batch_size", type=positive_int, help="windows per step")
     p.add_argument("--total_samples", type=positive_int, help="windows to train on in all (steps = this / batch)")
-    p.add_argument("--eval_every", type=positive_int, help="steps between validations (and checkpoints)")
+    p.add_argument("--eval_every", type=positive_int, help="steps between validations (each also saves)")
+    p.add_argument("--save_every", type=positive_int, default=1000,
+                   help="steps between checkpoints (also saved at every validation, on Ctrl-C and at the end)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in CKPT_DIR/NAME.pt (same flags) where it stopped")
+    p.add_argument("--stop_after_steps", type=positive_int, default=None,
+                   help="save and stop after this many steps in all, for a later --resume (default: run to the end)")
     p.add_argument("--optimizer", choices=["rmsprop", "adamw"], help="optimizer")
     p.add_argument("--lr", type=positive_float, help="peak learning rate")
     p.add_argument("--weight_decay", type=nonnegative_float, help="weight decay")
@@ -104,10 +114,39 @@ def write_csv(rows, path):
     save_text("\n".join(lines) + "\n", path)
 
 
+class StopSignals:
+    """While active, SIGINT (Ctrl-C) and SIGTERM only ask the loop to stop after the current step."""
+
+    def __enter__(self):
+        self.received = None
+        self.previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def _handle(self, signum, frame):
+        self.received = signal.Signals(signum)
+
+    def __exit__(self, *exc):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+
+def check_resumable(ckpt, args, meta, path):
+    """A resumed run must continue the same run: same data, flags that shape training, saved state."""
+    if "train_state" not in ckpt:
+        raise NPEError(f"{path} has no training state to resume from (a best-val checkpoint?)")
+    for key in ("world", "seed", "scenes"):
+        if ckpt["meta"].get(key) != meta.get(key):
+            raise NPEError(f"{path} was trained on other data ({key}: {ckpt['meta'].get(key)} vs "
+                           f"{meta.get(key)} in {args.dataset_prefix}); resume with its --dataset_prefix")
+    changed = [f"--{k} was {ckpt['args'].get(k)}, now {getattr(args, k)}" for k in RESUME_FLAGS
+               if hasattr(args, k) and ckpt["args"].get(k) != getattr(args, k)]
+    if changed:
+        raise NPEError(f"--resume continues the run in {path} with its own flags: {'; '.join(changed)}")
+
+
 def train(kind, args):
     """Train a `kind` model with the parsed flags; returns the checkpoint path."""
     device = pick_device(args.device)
-    torch.manual_seed(args.seed)
     if device.type == "cpu":
         torch.set_flush_denormal(True)  # denormal floats slowed RMSprop ~25x mid-run on CPU
     meta = load_meta(args.dataset_prefix)
@@ -116,39 +155,76 @@ def train(kind, args):
     if args.batch_size > len(train_set):
         raise NPEError(f"--batch_size {args.batch_size} is larger than the training split "
                        f"({len(train_set)} windows); use a smaller batch or more scenes")
+    ckpt_path = args.ckpt_dir / f"{args.name}.pt"
+    best_path = args.ckpt_dir / f"{args.name}_best.pt"
+    csv_path = args.metrics_csv or Path("logs") / f"{args.name}.csv"
+    saved_args = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    resume = None
+    if args.resume:
+        if not ckpt_path.is_file():
+            raise NPEError(f"nothing to resume: {ckpt_path} not found (check --name and --ckpt_dir)")
+        resume = load_checkpoint(ckpt_path, kind)
+        check_resumable(resume, args, meta, ckpt_path)
 
-    config = {**model_geometry(meta), "dv_scale": velocity_change_std(train_set),
-              **{k: getattr(args, k) for k in MODEL_FLAGS.get(kind, [])}}
+    torch.manual_seed(args.seed)
+    config = resume["config"] if resume else {
+        **model_geometry(meta), "dv_scale": velocity_change_std(train_set),
+        **{k: getattr(args, k) for k in MODEL_FLAGS.get(kind, [])}}
     model = build_model(kind, config).to(device)
-    if args.compile:
-        model.compile()
     optimizer = make_optimizer(args, model.parameters())
     steps = math.ceil(args.total_samples / args.batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(args.schedule, int(args.warmup_frac * steps), steps))
-
-    ckpt_path = args.ckpt_dir / f"{args.name}.pt"
-    csv_path = args.metrics_csv or Path("logs") / f"{args.name}.csv"
-    saved_args = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     gen = torch.Generator(device=device).manual_seed(args.seed)
-    rows, running, seen, start = [], torch.zeros((), device=device), 0, time.time()
-    order, cursor = torch.randperm(len(train_set), device=device, generator=gen), 0
+    if resume:
+        state = resume["train_state"]
+        model.load_state_dict(resume["state_dict"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        gen.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        order = state["order"].to(device)
+    else:
+        state = {"step": 0, "seen": 0, "cursor": 0, "rows": [], "running": 0.0, "elapsed_s": 0.0,
+                 "best_val": math.inf}
+        order = torch.randperm(len(train_set), device=device, generator=gen)
+    if args.compile:
+        model.compile()  # in place, so the state dict keys stay clean
+    step, seen, cursor, rows = state["step"], state["seen"], state["cursor"], state["rows"]
+    running = torch.tensor(state["running"], device=device)  # loss summed on the device: no sync per step
+    first_bad = torch.zeros((), dtype=torch.long, device=device)  # first step with a non-finite loss
+    start = time.time() - state["elapsed_s"]
 
-    def checkpoint(step):
-        rows.append({"step": step, "samples_seen": seen,
-                     "train_loss": f"{running.item() / max(1, step - (rows[-1]['step'] if rows else 0)):.6g}",
-                     "val_loss": f"{evaluate(model, val_set):.6g}", "lr": f"{scheduler.get_last_lr()[0]:.6g}",
-                     "elapsed_s": f"{time.time() - start:.2f}"})
-        write_csv(rows, csv_path)
-        save_checkpoint(ckpt_path, model, config, meta, seen, saved_args)
-        running.zero_()
-        return rows[-1]
+    def save(with_eval):
+        bad = first_bad.item()
+        if bad:
+            raise NPEError(f"training loss became non-finite at step {bad}; the last good checkpoint "
+                           f"{ckpt_path} is kept (try a lower --lr or --max_grad_norm)")
+        if with_eval:
+            since = step - (rows[-1]["step"] if rows else 0)
+            val = evaluate(model, val_set)
+            rows.append({"step": step, "samples_seen": seen, "train_loss": f"{running.item() / since:.6g}",
+                         "val_loss": f"{val:.6g}", "lr": f"{scheduler.get_last_lr()[0]:.6g}",
+                         "elapsed_s": f"{time.time() - start:.2f}"})
+            running.zero_()
+            write_csv(rows, csv_path)
+            if val < state["best_val"]:
+                state["best_val"] = val
+                save_checkpoint(best_path, model, config, meta, seen, saved_args)
+        train_state = {
+            "step": step, "seen": seen, "cursor": cursor, "rows": rows, "running": running.item(),
+            "elapsed_s": time.time() - start, "best_val": state["best_val"], "order": order.cpu(),
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "generator": gen.get_state(), "torch_rng": torch.get_rng_state()}
+        save_checkpoint(ckpt_path, model, config, meta, seen, saved_args, train_state)
 
+    verb = f"resuming at step {step:,} of" if resume else "training for"
     print(f"{kind} NPE: {sum(p.numel() for p in model.parameters()):,} parameters, {len(train_set):,} train "
-          f"windows, {steps:,} steps of {args.batch_size} on {device}")
+          f"windows; {verb} {steps:,} steps of {args.batch_size} on {device}")
     model.train()
-    with tqdm(total=steps, unit="step", desc=f"train {kind}") as bar:
-        for step in range(1, steps + 1):
+    session_start, first_seen = time.time(), seen
+    with StopSignals() as stop, tqdm(total=steps, initial=step, unit="step", desc=f"train {kind}") as bar:
+        while step < steps:
             if cursor + args.batch_size > len(order):
                 order, cursor = torch.randperm(len(train_set), device=device, generator=gen), 0
             batch = train_set[order[cursor:cursor + args.batch_size]]  # [B, 3, N, 5]
@@ -165,12 +241,25 @@ def train(kind, args):
                 torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
             optimizer.step()
             scheduler.step()
-            running += loss.detach()  # summed on the device: no host sync per step
-            seen += len(batch)
+            step, seen = step + 1, seen + len(batch)
+            running += loss.detach()
+            first_bad = torch.where((first_bad == 0) & ~torch.isfinite(loss), step, first_bad)
             bar.update()
-            if step % args.eval_every == 0 or step == steps:
-                row = checkpoint(step)
-                bar.set_postfix(train=row["train_loss"], val=row["val_loss"],
-                                samples_s=f"{seen / (time.time() - start):,.0f}")
-    print(f"checkpoint: {ckpt_path}\nmetrics: {csv_path}")
+            evaluate_now = step % args.eval_every == 0 or step == steps
+            if evaluate_now or step % args.save_every == 0:
+                save(evaluate_now)
+                if evaluate_now:
+                    rate = (seen - first_seen) / (time.time() - session_start)
+                    bar.set_postfix(train=rows[-1]["train_loss"], val=rows[-1]["val_loss"], samples_s=f"{rate:,.0f}")
+            if stop.received or step == args.stop_after_steps:
+                if not evaluate_now:
+                    save(False)
+                break
+    how = "resume with the same command and --resume"
+    if stop.received:
+        raise Interrupted(f"stopped by {stop.received.name} at step {step:,}; checkpoint {ckpt_path} and "
+                          f"metrics {csv_path} are saved; {how}", 128 + stop.received.value)
+    if step < steps:
+        print(f"stopped after step {step:,} as asked (--stop_after_steps); {how}")
+    print(f"checkpoint: {ckpt_path} (best val: {best_path})\nmetrics: {csv_path}")
     return ckpt_path
