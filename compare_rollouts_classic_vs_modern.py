@@ -2,7 +2,7 @@
 truth and with a constant-velocity baseline: cosine similarity and relative magnitude error per step."""
 from pathlib import Path
 
-from npe.checkpoint import load_model, same_world
+from npe.checkpoint import add_checkpoint_flags, load_classic_and_modern, same_world
 from npe.cli import NPEError, Parser, nonnegative_int, positive_int, run_cli
 from npe.data import load_meta, load_split, scene_frames
 from npe.files import save_text
@@ -14,8 +14,7 @@ TABLE_STEPS = (1, 5, 10, 25, 50)
 
 def main():
     p = Parser(description=__doc__)
-    p.add_argument("--classic_ckpt", type=Path, default=Path("pretrained/npe_classic.pt"), help="classic checkpoint")
-    p.add_argument("--modern_ckpt", type=Path, default=Path("pretrained/npe_modern.pt"), help="modern checkpoint")
+    add_checkpoint_flags(p)
     p.add_argument("--num_scenes", type=positive_int, default=200, help="fresh scenes to roll out")
     p.add_argument("--rollout_steps", type=positive_int, default=50, help="autoregressive steps")
     p.add_argument("--seed", type=nonnegative_int, default=1000, help="seed of the fresh scenes (not a training seed)")
@@ -25,25 +24,24 @@ def main():
                    help="dataset prefix: also measure one-step MSE on its test split and write the results "
                         "table as Markdown beside the figure (needs --rollout_steps 50 or more)")
     args = p.parse_args()
-    models = [load_model(args.classic_ckpt, kind="classic"), load_model(args.modern_ckpt, kind="modern")]
-    meta = same_world([m.meta for m in models], [args.classic_ckpt, args.modern_ckpt])
-    if args.test_prefix and args.rollout_steps < max(TABLE_STEPS):
-        raise NPEError(f"--test_prefix needs --rollout_steps {max(TABLE_STEPS)} or more for the results table")
+    models, meta = load_classic_and_modern(args)
+    if args.test_prefix:  # read before any output is written, so a bad dataset leaves nothing behind
+        if args.rollout_steps < max(TABLE_STEPS):
+            raise NPEError(f"--test_prefix needs --rollout_steps {max(TABLE_STEPS)} or more for the results table")
+        test_meta = load_meta(args.test_prefix)
+        same_world([meta, test_meta], [args.classic_ckpt, args.test_prefix])
+        test = load_split(args.test_prefix, "test", test_meta)
     scenes = scene_frames(meta, args.seed, args.num_scenes, args.rollout_steps + 2)
-    named = {"classic": models[0], "modern": models[1], "constant_velocity": ConstantVelocity(models[0].pos_step)}
+    named = {**models, "constant_velocity": ConstantVelocity(models["classic"].pos_step)}
     table = compare(named, scenes, args.rollout_steps)
     csv_path = args.out_png.with_suffix(".csv")
     save_text(table.to_csv(index=False), csv_path)
     if args.test_prefix:
-        test_meta = load_meta(args.test_prefix)
-        same_world([models[0].meta, test_meta], [args.classic_ckpt, args.test_prefix])
-        test = load_split(args.test_prefix, "test", test_meta)
         mse = {name: one_step_mse(model, test) for name, model in named.items()}
         save_text(results_markdown(table, TABLE_STEPS, mse), args.out_png.with_suffix(".md"))
         print(f"wrote {args.out_png.with_suffix('.md')}")
     plot_rollout_metrics(table, args.out_png, f"{args.num_scenes} fresh scenes (seed {args.seed})")
-    picks = [s for s in (1, 5, 10, 25, 50) if s <= args.rollout_steps]
-    print(table[table.step.isin(picks)].pivot(index="step", columns="model").round(3).to_string())
+    print(table[table.step.isin(TABLE_STEPS)].pivot(index="step", columns="model").round(3).to_string())
     print(f"wrote {args.out_png} and {csv_path}")
 
 

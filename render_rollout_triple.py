@@ -5,7 +5,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from npe.checkpoint import load_model, same_world
+from npe.checkpoint import add_checkpoint_flags, load_classic_and_modern
 from npe.cli import Parser, nonnegative_int, positive_float, positive_int, run_cli
 from npe.data import scene_frames
 from npe.render import START_FRAMES, render_triple
@@ -14,8 +14,7 @@ from npe.rollout import rollout
 
 def main():
     p = Parser(description=__doc__)
-    p.add_argument("--classic_ckpt", type=Path, default=Path("pretrained/npe_classic.pt"), help="classic checkpoint")
-    p.add_argument("--modern_ckpt", type=Path, default=Path("pretrained/npe_modern.pt"), help="modern checkpoint")
+    add_checkpoint_flags(p)
     p.add_argument("--num_scenes", type=positive_int, default=5, help="fresh scenes, one video each")
     p.add_argument("--rollout_steps", type=positive_int, default=60, help="rollout steps after the 2 true frames")
     p.add_argument("--out_dir", type=Path, default=Path("videos"), help="folder for the mp4 files")
@@ -24,13 +23,13 @@ def main():
     args = p.parse_args()
     # A few scenes of 4 balls: extra threads only add synchronization, and stall when the cores are busy.
     torch.set_num_threads(1)
-    models = [load_model(args.classic_ckpt, kind="classic"), load_model(args.modern_ckpt, kind="modern")]
-    meta = same_world([m.meta for m in models], [args.classic_ckpt, args.modern_ckpt])
+    models, meta = load_classic_and_modern(args)
     # A scene takes milliseconds to simulate: worker processes would cost more to start than they save.
     scenes = scene_frames(meta, args.seed, args.num_scenes, START_FRAMES + args.rollout_steps,
                           workers=1)  # [S, F, N, 5]
     start = scenes[:, :START_FRAMES]
-    classic, modern = (torch.cat([start, rollout(m, start, args.rollout_steps)], dim=1) for m in models)
+    classic, modern = (torch.cat([start, rollout(m, start, args.rollout_steps)], dim=1)
+                       for m in models.values())
     for s in tqdm(range(args.num_scenes), unit="video", desc="rendering"):
         path = args.out_dir / f"rollout_gt_classic_modern_scene{s}.mp4"
         render_triple({"Ground truth": scenes[s], "Classic NPE": classic[s], "Modern NPE": modern[s]},

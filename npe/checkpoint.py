@@ -1,6 +1,8 @@
 """Checkpoints that describe themselves: model kind, constructor config, weights, the dataset's
 metadata (world, dt, state_scale) and samples seen. Plain tensors and containers only, so they load
 with torch.load(..., weights_only=True)."""
+from pathlib import Path
+
 import torch
 
 from .config import CHECKPOINT_FORMAT, NEIGHBORHOOD_RADII
@@ -57,6 +59,20 @@ def load_model(path, device="cpu", kind=None):
         raise NPEError(f"{path} does not match its model config: {str(err).splitlines()[0]}") from None
     model.meta = ckpt["meta"]
     return model.to(device).eval()
+
+
+def add_checkpoint_flags(parser):
+    """--classic_ckpt and --modern_ckpt, defaulting to the shipped pretrained checkpoints."""
+    for kind in ("classic", "modern"):
+        parser.add_argument(f"--{kind}_ckpt", type=Path, default=Path(f"pretrained/npe_{kind}.pt"),
+                            help=f"{kind} NPE checkpoint")
+
+
+def load_classic_and_modern(args):
+    """The two models named by add_checkpoint_flags, checked to share one world -> ({kind: model}, meta)."""
+    models = {kind: load_model(getattr(args, f"{kind}_ckpt"), kind=kind) for kind in ("classic", "modern")}
+    meta = same_world([m.meta for m in models.values()], [args.classic_ckpt, args.modern_ckpt])
+    return models, meta
 
 
 def same_world(metas, paths):

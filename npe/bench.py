@@ -1,0 +1,365 @@
+"""How fast this code is on this machine: each measurement side by side with a baseline taken in the
+same run, so that the ratios hold on a busy or shared machine even where absolute times do not.
+
+    python -m npe.bench                # about 5 x --seconds (60): some 6 minutes on 2 CPU cores
+    python -m npe.bench --tiny         # seconds, at tiny sizes: checks that the benchmark runs
+
+1. Training samples/s of npe.train.train with the training scripts' recipes, against a plain loop
+   written the common way (a DataLoader over a Dataset of windows, shuffle=True, .to(device) per
+   batch) with the same model, loss, optimizer, gradient clipping, batch size and number of steps.
+2. Utilization: the model's matmul FLOPs per sample (one training step, forward and backward) x
+   samples/s, against a large float32 matmul on the same device.
+3. Simulation scenes/s with one worker and with every core, and the main process's peak memory.
+4. One batched rollout against a loop of one rollout per scene, with the same model.
+5. The wall time of the full training budgets, extrapolated from 1.
+
+Prints a table and writes it to OUT_DIR/bench_<device>.csv and .json.
+"""
+import contextlib
+import csv
+import io
+import json
+import os
+import platform
+import resource
+import sys
+import tempfile
+import time
+import tracemalloc
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.flop_counter import FlopCounterMode
+
+from .checkpoint import model_geometry
+from .cli import Parser, positive_float, run_cli
+from .config import VEL, World
+from .data import generate_dataset, load_split
+from .files import ensure_parent, save_text
+from .models import build_model
+from .rollout import rollout
+from .sim import simulate_scenes
+from .train import MODEL_FLAGS, loss_fn, make_optimizer, pick_device, train, train_parser, velocity_change_std
+
+RECIPES = {  # the defaults of train_npe_4ball.py and train_npe_4ball_modern.py (tests/test_bench.py checks)
+    "classic": dict(name="npe_classic", batch_size=50, total_samples=60_000_000, eval_every=2000,
+                    optimizer="rmsprop", lr=3e-4, weight_decay=0.0, schedule="constant", warmup_frac=0.0,
+                    max_grad_norm=0.0, noise_std=0.0),
+    "modern": dict(name="npe_modern", batch_size=2048, total_samples=200_000_000, eval_every=500,
+                   optimizer="adamw", lr=1e-3, weight_decay=1e-4, schedule="cosine", warmup_frac=0.02,
+                   max_grad_norm=1.0, noise_std=0.0),
+}
+EXTRAPOLATED_SCENES = 50_000
+MB = 2**20
+
+
+@dataclass(frozen=True)
+class Sizes:
+    seconds: float  # default length of each time-boxed measurement
+    dataset_scenes: int  # training data; its 15% val split is what npe.train's final validation runs on
+    max_batch: int  # caps the recipes' batch sizes
+    sim_scenes_per_worker: int  # a multiple of simulate_scenes' chunk of 250 scenes keeps every worker busy
+    rollout_scenes: int
+    rollout_steps: int
+    matmul: dict  # device type -> n of the n x n matmul that measures the peak
+
+
+FULL = Sizes(60.0, 100, 2048, 1000, 200, 50, {"cpu": 2048, "cuda": 8192})
+TINY = Sizes(0.5, 24, 256, 250, 8, 5, {"cpu": 256, "cuda": 1024})
+
+
+def log(message):
+    print(message, file=sys.stderr, flush=True)
+
+
+def clock(device):
+    """Seconds, once the device has finished the work queued so far."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+@contextlib.contextmanager
+def quiet():
+    """Hide what npe's functions print (progress bars, paths) so that the table stays readable."""
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        yield
+
+
+def recipe(kind, prefix, out, device, batch_size, steps):
+    """A training script's flags, parsed, for `steps` steps on the bench's data, validating only at the end."""
+    flags = ["--dataset_prefix", prefix, "--ckpt_dir", out, "--metrics_csv", out / f"{kind}.csv",
+             "--device", device.type, "--batch_size", batch_size, "--total_samples", steps * batch_size,
+             "--eval_every", steps + 1]
+    return train_parser(kind, "bench", **RECIPES[kind]).parse_args(list(map(str, flags)))
+
+
+def fresh_model(kind, args, meta, windows, device):
+    """A new model with the config npe.train.train builds from the same flags and training windows."""
+    config = {**model_geometry(meta), "dv_scale": velocity_change_std(windows),
+              **{k: getattr(args, k) for k in MODEL_FLAGS.get(kind, [])}}
+    return build_model(kind, config).to(device)
+
+
+class WindowDataset(Dataset):
+    """Training windows [W, 3, N, 5] the common way: one (frames, target) pair per item."""
+
+    def __init__(self, windows):
+        self.windows = windows
+
+    def __len__(self):
+        return len(self.windows)
+
+    def __getitem__(self, i):
+        return self.windows[i, :2], self.windows[i, 2, :, VEL]
+
+
+def reference_training(model, args, windows, device, seconds):
+    """samples/s and steps of the common training loop, run for `seconds` (the schedule is left out:
+    it costs microseconds a step)."""
+    optimizer = make_optimizer(args, model.parameters())
+    loader = DataLoader(WindowDataset(windows), batch_size=args.batch_size, shuffle=True, drop_last=True)
+    model.train()
+    steps, start = 0, clock(device)
+    while time.perf_counter() - start < seconds:  # no sync a step: a copy from pageable memory waits anyway
+        for frames, target in loader:
+            frames, target = frames.to(device), target.to(device)
+            loss = loss_fn(model, frames, target)
+            optimizer.zero_grad()
+            loss.backward()
+            if args.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+            optimizer.step()
+            steps += 1
+            if time.perf_counter() - start >= seconds:
+                break
+    return steps * args.batch_size / (clock(device) - start), steps
+
+
+def our_training(kind, args):
+    """samples/s of npe.train.train, by its own clock (elapsed_s in its metrics CSV)."""
+    with quiet():
+        train(kind, args)
+    with open(args.metrics_csv, newline="") as f:
+        last = list(csv.DictReader(f))[-1]
+    return int(last["samples_seen"]) / float(last["elapsed_s"])
+
+
+def flops_per_sample(model, windows, batch_size, device):
+    """Matmul FLOPs of one training step (forward and backward) divided by the batch size."""
+    batch = windows[:batch_size].to(device)
+    with FlopCounterMode(display=False) as counter:
+        loss_fn(model, batch[:, :2], batch[:, 2, :, VEL]).backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / batch_size
+
+
+def measure_training(kind, prefix, meta, windows, device, sizes, seconds, out):
+    batch_size = min(RECIPES[kind]["batch_size"], sizes.max_batch)
+    args = recipe(kind, prefix, out, device, batch_size, steps=1)
+    torch.manual_seed(args.seed)
+    model = fresh_model(kind, args, meta, windows, device)
+    flops = flops_per_sample(model, windows, batch_size, device)
+    log(f"training {kind} at batch {batch_size}: DataLoader loop for {seconds:g} s")
+    reference, steps = reference_training(model, args, windows, device, seconds)
+    log(f"training {kind} at batch {batch_size}: npe.train for the same {steps} steps")
+    ours = our_training(kind, recipe(kind, prefix, out, device, batch_size, steps))
+    return {"batch_size": batch_size, "ours": ours, "reference": reference, "flops": flops, "model": model}
+
+
+def matmul_peak(device, n, seconds):
+    """FLOP/s of an n x n float32 matmul (the models' dtype), repeated for `seconds`."""
+    log(f"peak: {n} x {n} matmul for {seconds:g} s")
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    a @ b  # the first call picks kernels and allocates
+    count, start = 0, clock(device)
+    while clock(device) - start < seconds:
+        a @ b
+        count += 1
+    return 2 * n**3 * count / (clock(device) - start)
+
+
+def simulation(scenes, workers, world=World()):
+    """scenes/s with one worker and with `workers`; peak memory of the main process (beyond the output)
+    and of the largest worker."""
+    log(f"simulating {scenes} scenes with 1 worker, then with {workers}")
+    start = time.perf_counter()
+    simulate_scenes(world, 0, 0, scenes, workers=1, progress=False)
+    one = time.perf_counter() - start
+    tracemalloc.start()  # Python and numpy allocations of this process only, not the workers'
+    start = time.perf_counter()
+    out = simulate_scenes(world, 0, 0, scenes, workers, progress=False)
+    every = time.perf_counter() - start
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    worker_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # bytes on macOS
+    return {"scenes": scenes, "workers": workers, "one": scenes / one, "every": scenes / every,
+            "output": out.nbytes, "extra": peak - out.nbytes,
+            "worker_rss": worker_kib * (1 if sys.platform == "darwin" else 1024)}
+
+
+def rollout_speed(model, frames, steps, device):
+    """scene-steps/s of one batched rollout of frames [S, 2, N, 5], and of one rollout per scene."""
+    model.eval()
+    rollout(model, frames[:1], 1)  # warm-up
+    start = clock(device)
+    rollout(model, frames, steps)
+    batched = clock(device) - start
+    start = clock(device)
+    for scene in frames.split(1):
+        rollout(model, scene, steps)
+    looped = clock(device) - start
+    return len(frames) * steps / batched, len(frames) * steps / looped
+
+
+def row(key, measurement, unit, ours, baseline, ratio, goal=None, ratio_unit="x"):
+    """key: the same in every run (the measurement's text names this run's sizes). ratio: how many times
+    better ours is than the baseline, or (ratio_unit %) the fraction of a peak."""
+    return {"key": key, "measurement": measurement, "unit": unit, "ours": ours, "baseline": baseline,
+            "ratio": ratio, "ratio_unit": ratio_unit, "goal": goal,
+            "meets_goal": None if goal is None else ratio >= goal}
+
+
+def measure(device, sizes, seconds):
+    """Every measurement, in one run."""
+    if device.type == "cpu":
+        torch.set_flush_denormal(True)  # as npe.train does, process-wide: set here, both loops run alike
+    with tempfile.TemporaryDirectory() as tmp:
+        prefix = Path(tmp) / "data"
+        with quiet():
+            meta = generate_dataset(prefix, sizes.dataset_scenes, seed=0, workers=1)
+        windows = load_split(prefix, "train", meta)  # [W, 3, N, 5]
+        training = {kind: measure_training(kind, prefix, meta, windows, device, sizes, seconds, Path(tmp))
+                    for kind in RECIPES}
+    n = sizes.matmul[device.type]
+    peak = matmul_peak(device, n, seconds)
+    cores = os.cpu_count() or 1
+    sim = simulation(sizes.sim_scenes_per_worker * cores, cores)
+    frames = windows[:sizes.rollout_scenes, :2].to(device)  # [S, 2, N, 5]
+    size = f"{len(frames)} scenes x {sizes.rollout_steps} steps"
+    log(f"rollouts of {size}: batched, then one scene at a time")
+    rollouts = {kind: rollout_speed(t["model"], frames, sizes.rollout_steps, device)
+                for kind, t in training.items()}
+    return {"training": training, "val_windows": meta["windows"]["val"], "seconds": seconds, "matmul": n,
+            "peak": peak, "simulation": sim, "rollout": rollouts, "rollout_size": size}
+
+
+def table_rows(m, device):
+    """The measurements as rows, in the issue's order: training, utilization, simulation, rollouts, budgets."""
+    cpu = device.type == "cpu"
+    training, sim, vs_loader = m["training"], m["simulation"], "npe.train vs DataLoader loop"
+    rows = [row(f"train_{kind}", f"train {kind} b{t['batch_size']}: {vs_loader}", "samples/s", t["ours"],
+                t["reference"], t["ours"] / t["reference"], goal=3.0 if cpu and kind == "classic" else None)
+            for kind, t in training.items()]
+    for kind, t in training.items():
+        achieved, peak = t["flops"] * t["ours"] / 1e9, m["peak"] / 1e9
+        rows.append(row(f"utilization_{kind}", f"utilization {kind} b{t['batch_size']}: npe.train vs "
+                        f"{m['matmul']}x{m['matmul']} matmul", "GFLOP/s", achieved, peak, achieved / peak,
+                        goal=0.30 if cpu and kind == "modern" else None, ratio_unit="%"))
+    speedup, workers = sim["every"] / sim["one"], f"{sim['workers']} workers vs 1"
+    rows += [
+        row("simulate_speed", f"simulate {sim['scenes']:,} scenes: {workers}", "scenes/s", sim["every"],
+            sim["one"], speedup, goal=0.8 * sim["workers"]),
+        row("simulate_time", f"simulate {EXTRAPOLATED_SCENES:,} scenes (extrapolated): {workers}", "s",
+            EXTRAPOLATED_SCENES / sim["every"], EXTRAPOLATED_SCENES / sim["one"], speedup),
+        row("simulate_memory", f"simulate {sim['scenes']:,} scenes: peak memory beyond the output vs the output",
+            "MB", sim["extra"] / MB, sim["output"] / MB, sim["extra"] / sim["output"]),
+    ]
+    rows += [row(f"rollout_{kind}", f"rollout {kind} {m['rollout_size']}: batched vs per-scene loop",
+                 "scene-steps/s", batched, looped, batched / looped, goal=20.0)
+             for kind, (batched, looped) in m["rollout"].items()]
+    for kind, t in training.items():
+        total = RECIPES[kind]["total_samples"]
+        rows.append(row(f"budget_{kind}", f"full budget {kind} {total / 1e6:g}M samples b{t['batch_size']}: "
+                        f"{vs_loader}", "h", total / t["ours"] / 3600, total / t["reference"] / 3600,
+                        t["ours"] / t["reference"]))
+    return rows
+
+
+def table_notes(m):
+    sim = m["simulation"]
+    workers = (f"the largest simulation worker peaked at {sim['worker_rss'] / MB:.0f} MB RSS" if sim["worker_rss"]
+               else "the scenes were simulated in this process")
+    return [
+        "model FLOPs: matmuls of one training step (forward and backward), counted by FlopCounterMode: "
+        + ", ".join(f"{kind} {t['flops'] / 1e6:.3g} MFLOP/sample" for kind, t in m["training"].items())
+        + "; elementwise work (activations, LayerNorm, optimizer) is not counted",
+        f"npe.train is timed by its own clock, which includes one final validation ({m['val_windows']} windows); "
+        f"the DataLoader loop runs {m['seconds']:g} s, npe.train the same number of steps",
+        f"memory beyond the output: the peak of this process, traced by tracemalloc; {workers}",
+        "ratio: how many times better ours is than the baseline (for times: baseline / ours); "
+        "utilization: the fraction of the matmul peak. Goals apply to the ratio.",
+    ]
+
+
+def environment(device):
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        cpuinfo = Path("/proc/cpuinfo")
+        models = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                  if line.startswith("model name")] if cpuinfo.is_file() else []
+        name = models[0] if models else platform.processor() or platform.machine()
+    return {"device": device.type, "device_name": name, "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "cores": os.cpu_count(), "python": platform.python_version()}
+
+
+def number(x):
+    return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.3g}"
+
+
+def ratio_text(x, unit):
+    return f"{100 * x:.1f}%" if unit == "%" else f"{x:.2f}x"
+
+
+def table(rows):
+    """The rows as an aligned text table."""
+    head = ["measurement", "ours", "baseline", "ratio", "goal"]
+    cells = [[r["measurement"], f"{number(r['ours'])} {r['unit']}", f"{number(r['baseline'])} {r['unit']}",
+              ratio_text(r["ratio"], r["ratio_unit"]),
+              "" if r["goal"] is None else f">= {ratio_text(r['goal'], r['ratio_unit'])}: "
+                                           f"{'met' if r['meets_goal'] else 'NOT met'}"] for r in rows]
+    widths = [max(len(line[i]) for line in [head, *cells]) for i in range(len(head))]
+    lines = [" | ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in [head, *cells]]
+    lines.insert(1, "-+-".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def to_csv(rows):
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return text.getvalue()
+
+
+def main():
+    p = Parser(prog="python -m npe.bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CUDA when present")
+    p.add_argument("--seconds", type=positive_float, default=None,
+                   help="length of each time-boxed measurement (default: 60, or 0.5 with --tiny)")
+    p.add_argument("--out_dir", type=Path, default=Path("bench"), help="writes bench_<device>.csv and .json here")
+    p.add_argument("--tiny", action="store_true", help="tiny sizes, a few seconds: checks that the benchmark runs")
+    args = p.parse_args()
+    sizes = TINY if args.tiny else FULL
+    device = pick_device(args.device)
+    seconds = args.seconds or sizes.seconds
+    env = environment(device)
+    csv_path = ensure_parent(args.out_dir / f"bench_{device.type}.csv")  # a bad --out_dir fails now, not later
+    json_path = csv_path.with_suffix(".json")
+    measured = measure(device, sizes, seconds)
+    rows, notes = table_rows(measured, device), table_notes(measured)
+    print(f"{env['device_name']} ({env['device']}), torch {env['torch']}, {env['threads']} threads, "
+          f"{env['cores']} cores, python {env['python']}{', tiny sizes' if args.tiny else ''}")
+    print(table(rows))
+    print("\n".join(f"- {note}" for note in notes))
+    save_text(to_csv(rows), csv_path)
+    save_text(json.dumps({"environment": env, "tiny": args.tiny, "seconds": seconds, "rows": rows,
+                          "notes": notes}, indent=2) + "\n", json_path)
+    print(f"wrote {csv_path} and {json_path}")
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,83 @@
+"""The benchmark (python -m npe.bench --tiny) end to end: a table of finite, positive numbers in JSON and
+CSV, and the training recipes it measures are the training scripts' own. No timing is asserted."""
+import csv
+import importlib
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+from npe.bench import RECIPES
+
+KEYS = ["train_classic", "train_modern", "utilization_classic", "utilization_modern", "simulate_speed",
+        "simulate_time", "simulate_memory", "rollout_classic", "rollout_modern", "budget_classic", "budget_modern"]
+NUMBERS = ["ours", "baseline", "ratio"]
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    """stdout, the JSON and the CSV rows of one tiny run on the CPU."""
+    out = tmp_path_factory.mktemp("bench")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "npe.bench", "--tiny", "--device", "cpu", "--out_dir", str(out)],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, f"exit status {result.returncode}\n{result.stderr[-3000:]}"
+    with open(out / "bench_cpu.csv", newline="") as f:
+        csv_rows = list(csv.DictReader(f))
+    return result.stdout, json.loads((out / "bench_cpu.json").read_text()), csv_rows
+
+
+def test_json_has_a_row_for_every_measurement(bench):
+    _, report, _ = bench
+    assert [r["key"] for r in report["rows"]] == KEYS
+
+
+def test_every_json_row_has_finite_positive_numbers(bench):
+    _, report, _ = bench
+    for r in report["rows"]:
+        for column in NUMBERS:
+            assert math.isfinite(r[column]) and r[column] > 0, (r["key"], column, r[column])
+        assert r["ratio_unit"] in ("x", "%")
+
+
+def test_goals_are_judged_on_the_ratio(bench):
+    _, report, _ = bench
+    judged = [r for r in report["rows"] if r["goal"] is not None]
+    assert {r["key"] for r in judged} >= {"train_classic", "utilization_modern", "simulate_speed", "rollout_classic"}
+    assert all(r["meets_goal"] == (r["ratio"] >= r["goal"]) for r in judged)
+
+
+def test_csv_holds_the_same_rows_as_the_json(bench):
+    _, report, csv_rows = bench
+    assert [r["key"] for r in csv_rows] == KEYS
+    for from_csv, from_json in zip(csv_rows, report["rows"]):
+        for column in NUMBERS:
+            assert float(from_csv[column]) == pytest.approx(from_json[column])
+
+
+def test_output_names_the_device_torch_and_threads_and_prints_the_table(bench):
+    stdout, report, _ = bench
+    env = report["environment"]
+    assert env["device"] == "cpu" and env["threads"] == 1 and env["device_name"]
+    header = stdout.splitlines()[0]
+    assert env["device_name"] in header and f"torch {env['torch']}" in header and "1 threads" in header
+    assert all(r["measurement"] in stdout for r in report["rows"])
+
+
+@pytest.mark.parametrize("kind, script", [("classic", "train_npe_4ball"), ("modern", "train_npe_4ball_modern")])
+def test_bench_measures_the_training_scripts_recipes(kind, script, monkeypatch):
+    class Captured(Exception):
+        pass
+
+    def capture(kind_, description, **defaults):
+        raise Captured(kind_, defaults)
+
+    module = importlib.import_module(script)
+    monkeypatch.setattr(module, "train_parser", capture)
+    with pytest.raises(Captured) as caught:
+        module.main()
+    assert caught.value.args == (kind, RECIPES[kind])
