@@ -1,7 +1,7 @@
 """How fast this code is on this machine: each measurement side by side with a baseline taken in the
 same run, so that the ratios hold on a busy or shared machine even where absolute times do not.
 
-    python -m npe.bench                # about 5 x --seconds (60): some 6 minutes on 2 CPU cores
+    python -m npe.bench                # 5 measurements of --seconds (60) and about a minute more
     python -m npe.bench --tiny         # seconds, at tiny sizes: checks that the benchmark runs
 
 1. Training samples/s of npe.train.train with the training scripts' recipes, against a plain loop
@@ -9,7 +9,8 @@ same run, so that the ratios hold on a busy or shared machine even where absolut
    batch) with the same model, loss, optimizer, gradient clipping, batch size and number of steps.
 2. Utilization: the model's matmul FLOPs per sample (one training step, forward and backward) x
    samples/s, against a large float32 matmul on the same device.
-3. Simulation scenes/s with one worker and with every core, and the main process's peak memory.
+3. Simulation scenes/s with one worker and with every core (50,000 scenes, pool start-up included),
+   and the main process's peak memory beyond the simulated scenes.
 4. One batched rollout against a loop of one rollout per scene, with the same model.
 5. The wall time of the full training budgets, extrapolated from 1.
 
@@ -33,7 +34,6 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
-from .checkpoint import model_geometry
 from .cli import Parser, positive_float, run_cli
 from .config import VEL, World
 from .data import generate_dataset, load_split
@@ -41,16 +41,8 @@ from .files import ensure_parent, save_text
 from .models import build_model
 from .rollout import rollout
 from .sim import simulate_scenes
-from .train import MODEL_FLAGS, loss_fn, make_optimizer, pick_device, train, train_parser, velocity_change_std
+from .train import RECIPES, loss_fn, make_optimizer, model_config, pick_device, train, train_parser
 
-RECIPES = {  # the defaults of train_npe_4ball.py and train_npe_4ball_modern.py (tests/test_bench.py checks)
-    "classic": dict(name="npe_classic", batch_size=50, total_samples=60_000_000, eval_every=2000,
-                    optimizer="rmsprop", lr=3e-4, weight_decay=0.0, schedule="constant", warmup_frac=0.0,
-                    max_grad_norm=0.0, noise_std=0.0),
-    "modern": dict(name="npe_modern", batch_size=2048, total_samples=200_000_000, eval_every=500,
-                   optimizer="adamw", lr=1e-3, weight_decay=1e-4, schedule="cosine", warmup_frac=0.02,
-                   max_grad_norm=1.0, noise_std=0.0),
-}
 EXTRAPOLATED_SCENES = 50_000
 MB = 2**20
 
@@ -60,14 +52,15 @@ class Sizes:
     seconds: float  # default length of each time-boxed measurement
     dataset_scenes: int  # training data; its 15% val split is what npe.train's final validation runs on
     max_batch: int  # caps the recipes' batch sizes
-    sim_scenes_per_worker: int  # a multiple of simulate_scenes' chunk of 250 scenes keeps every worker busy
+    sim_scenes_per_core: int  # one worker simulates this x cores; simulate_scenes hands out chunks of sim.CHUNK
+    sim_scenes: int  # all cores simulate this many (or as many as one worker, if more)
     rollout_scenes: int
     rollout_steps: int
     matmul: dict  # device type -> n of the n x n matmul that measures the peak
 
 
-FULL = Sizes(60.0, 100, 2048, 1000, 200, 50, {"cpu": 2048, "cuda": 8192})
-TINY = Sizes(0.5, 24, 256, 250, 8, 5, {"cpu": 256, "cuda": 1024})
+FULL = Sizes(60.0, 100, 2048, 1000, EXTRAPOLATED_SCENES, 200, 50, {"cpu": 2048, "cuda": 8192})
+TINY = Sizes(0.5, 24, 256, 250, 1000, 8, 5, {"cpu": 256, "cuda": 1024})
 
 
 def log(message):
@@ -89,18 +82,17 @@ def quiet():
 
 
 def recipe(kind, prefix, out, device, batch_size, steps):
-    """A training script's flags, parsed, for `steps` steps on the bench's data, validating only at the end."""
+    """A training script's flags, parsed, for `steps` steps on the bench's data, validating and saving only
+    at the end."""
     flags = ["--dataset_prefix", prefix, "--ckpt_dir", out, "--metrics_csv", out / f"{kind}.csv",
              "--device", device.type, "--batch_size", batch_size, "--total_samples", steps * batch_size,
-             "--eval_every", steps + 1]
-    return train_parser(kind, "bench", **RECIPES[kind]).parse_args(list(map(str, flags)))
+             "--eval_every", steps + 1, "--save_every", steps + 1]
+    return train_parser(kind, "bench").parse_args(list(map(str, flags)))
 
 
 def fresh_model(kind, args, meta, windows, device):
     """A new model with the config npe.train.train builds from the same flags and training windows."""
-    config = {**model_geometry(meta), "dv_scale": velocity_change_std(windows),
-              **{k: getattr(args, k) for k in MODEL_FLAGS.get(kind, [])}}
-    return build_model(kind, config).to(device)
+    return build_model(kind, model_config(kind, args, meta, windows)).to(device)
 
 
 class WindowDataset(Dataset):
@@ -181,12 +173,12 @@ def matmul_peak(device, n, seconds):
     return 2 * n**3 * count / (clock(device) - start)
 
 
-def simulation(scenes, workers, world=World()):
-    """scenes/s with one worker and with `workers`; peak memory of the main process (beyond the output)
-    and of the largest worker."""
-    log(f"simulating {scenes} scenes with 1 worker, then with {workers}")
+def simulation(one_worker_scenes, scenes, workers, world=World()):
+    """scenes/s with one worker and with `workers` (pool start-up included); peak memory of the main
+    process (beyond the output) and of the largest worker, with `workers`."""
+    log(f"simulating {one_worker_scenes:,} scenes with 1 worker, then {scenes:,} with {workers}")
     start = time.perf_counter()
-    simulate_scenes(world, 0, 0, scenes, workers=1, progress=False)
+    simulate_scenes(world, 0, 0, one_worker_scenes, workers=1, progress=False)
     one = time.perf_counter() - start
     tracemalloc.start()  # Python and numpy allocations of this process only, not the workers'
     start = time.perf_counter()
@@ -195,7 +187,8 @@ def simulation(scenes, workers, world=World()):
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     worker_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # bytes on macOS
-    return {"scenes": scenes, "workers": workers, "one": scenes / one, "every": scenes / every,
+    return {"one_worker_scenes": one_worker_scenes, "scenes": scenes, "workers": workers,
+            "one": one_worker_scenes / one, "every": scenes / every,
             "output": out.nbytes, "extra": peak - out.nbytes,
             "worker_rss": worker_kib * (1 if sys.platform == "darwin" else 1024)}
 
@@ -203,7 +196,8 @@ def simulation(scenes, workers, world=World()):
 def rollout_speed(model, frames, steps, device):
     """scene-steps/s of one batched rollout of frames [S, 2, N, 5], and of one rollout per scene."""
     model.eval()
-    rollout(model, frames[:1], 1)  # warm-up
+    for shape in (frames, frames[:1]):
+        rollout(model, shape, 1)  # warm-up: the first call at a shape allocates
     start = clock(device)
     rollout(model, frames, steps)
     batched = clock(device) - start
@@ -236,7 +230,8 @@ def measure(device, sizes, seconds):
     n = sizes.matmul[device.type]
     peak = matmul_peak(device, n, seconds)
     cores = os.cpu_count() or 1
-    sim = simulation(sizes.sim_scenes_per_worker * cores, cores)
+    one_worker_scenes = sizes.sim_scenes_per_core * cores
+    sim = simulation(one_worker_scenes, max(sizes.sim_scenes, one_worker_scenes), cores)
     frames = windows[:sizes.rollout_scenes, :2].to(device)  # [S, 2, N, 5]
     size = f"{len(frames)} scenes x {sizes.rollout_steps} steps"
     log(f"rollouts of {size}: batched, then one scene at a time")
@@ -258,14 +253,15 @@ def table_rows(m, device):
         rows.append(row(f"utilization_{kind}", f"utilization {kind} b{t['batch_size']}: npe.train vs "
                         f"{m['matmul']}x{m['matmul']} matmul", "GFLOP/s", achieved, peak, achieved / peak,
                         goal=0.30 if cpu and kind == "modern" else None, ratio_unit="%"))
-    speedup, workers = sim["every"] / sim["one"], f"{sim['workers']} workers vs 1"
+    speedup, workers = sim["every"] / sim["one"], sim["workers"]
     rows += [
-        row("simulate_speed", f"simulate {sim['scenes']:,} scenes: {workers}", "scenes/s", sim["every"],
-            sim["one"], speedup, goal=0.8 * sim["workers"]),
-        row("simulate_time", f"simulate {EXTRAPOLATED_SCENES:,} scenes (extrapolated): {workers}", "s",
+        row("simulate_speed", f"simulate {sim['scenes']:,} scenes with {workers} workers vs "
+            f"{sim['one_worker_scenes']:,} with 1", "scenes/s", sim["every"], sim["one"], speedup,
+            goal=0.8 * workers),
+        row("simulate_time", f"simulate {EXTRAPOLATED_SCENES:,} scenes, from scenes/s: {workers} workers vs 1", "s",
             EXTRAPOLATED_SCENES / sim["every"], EXTRAPOLATED_SCENES / sim["one"], speedup),
-        row("simulate_memory", f"simulate {sim['scenes']:,} scenes: peak memory beyond the output vs the output",
-            "MB", sim["extra"] / MB, sim["output"] / MB, sim["extra"] / sim["output"]),
+        row("simulate_memory", f"simulate {sim['scenes']:,} scenes with {workers} workers: peak memory beyond "
+            f"the output vs the output", "MB", sim["extra"] / MB, sim["output"] / MB, sim["extra"] / sim["output"]),
     ]
     rows += [row(f"rollout_{kind}", f"rollout {kind} {m['rollout_size']}: batched vs per-scene loop",
                  "scene-steps/s", batched, looped, batched / looped, goal=20.0)

@@ -10,6 +10,8 @@ from tqdm import tqdm
 from .cli import NPEError
 from .config import STATE_DIM, World
 
+CHUNK = 250  # scenes per job handed to a worker process
+
 
 def initial_state(world: World, rng: np.random.Generator):
     """Non-overlapping centres inside the box and random velocities.
@@ -79,8 +81,7 @@ def simulate_scenes(world: World, seed: int, start: int, stop: int, workers: int
 
     Each scene depends only on (seed, index), so the result is the same for any number of workers.
     """
-    chunk = 250
-    jobs = [(world, seed, a, min(a + chunk, stop), num_frames) for a in range(start, stop, chunk)]
+    jobs = [(world, seed, a, min(a + CHUNK, stop), num_frames) for a in range(start, stop, CHUNK)]
     workers = min(workers or os.cpu_count() or 1, len(jobs))  # a pool costs seconds to start
     with tqdm(total=stop - start, unit="scene", desc="simulating", disable=not progress) as bar:
         parts = []

@@ -19,13 +19,23 @@ from .rollout import one_step_mse
 
 CSV_COLUMNS = ["step", "samples_seen", "train_loss", "val_loss", "lr", "elapsed_s"]
 MODEL_FLAGS = {"modern": ["msg_dim", "enc_blocks", "dec_blocks", "expansion", "dropout"]}
+# The defaults that differ between the two training scripts (npe.bench measures these recipes too).
+RECIPES = {
+    "classic": dict(name="npe_classic", batch_size=50, total_samples=60_000_000, eval_every=2000,
+                    optimizer="rmsprop", lr=3e-4, weight_decay=0.0, schedule="constant", warmup_frac=0.0,
+                    max_grad_norm=0.0, noise_std=0.0),
+    "modern": dict(name="npe_modern", batch_size=2048, total_samples=200_000_000, eval_every=500,
+                   optimizer="adamw", lr=1e-3, weight_decay=1e-4, schedule="cosine", warmup_frac=0.02,
+                   max_grad_norm=1.0, noise_std=0.0),
+}
 # Flags that shape a run: --resume refuses to continue a run with different ones.
 RESUME_FLAGS = ["batch_size", "total_samples", "optimizer", "lr", "weight_decay", "schedule", "warmup_frac",
                 "max_grad_norm", "noise_std", "seed", *MODEL_FLAGS["modern"]]
 
 
-def train_parser(kind, description, **defaults):
-    """The flags of both training scripts; `defaults` are what differ between them."""
+def train_parser(kind, description):
+    """The flags of both training scripts, with the defaults of `kind`'s recipe."""
+    defaults = dict(RECIPES[kind])
     p = Parser(description=description)
     p.add_argument("--dataset_prefix", required=True, help="prefix given to generate_dataset_4ball.py --out_prefix")
     p.add_argument("--name", default=defaults.pop("name"), help="run name: checkpoint is CKPT_DIR/NAME.pt")
@@ -74,6 +84,12 @@ def pick_device(name):
 def velocity_change_std(windows):
     """Std of v(t+1) - v(t) over a split [W, 3, N, 5], x and y pooled (keeps the model isotropic)."""
     return (windows[:, 2, :, VEL] - windows[:, 1, :, VEL]).std().item()
+
+
+def model_config(kind, args, meta, train_set):
+    """A new model's config: geometry from the metadata, dv_scale from the train split, the size flags."""
+    return {**model_geometry(meta), "dv_scale": velocity_change_std(train_set),
+            **{k: getattr(args, k) for k in MODEL_FLAGS.get(kind, [])}}
 
 
 def loss_fn(model, frames, target):
@@ -167,9 +183,7 @@ def train(kind, args):
         check_resumable(resume, args, meta, ckpt_path)
 
     torch.manual_seed(args.seed)
-    config = resume["config"] if resume else {
-        **model_geometry(meta), "dv_scale": velocity_change_std(train_set),
-        **{k: getattr(args, k) for k in MODEL_FLAGS.get(kind, [])}}
+    config = resume["config"] if resume else model_config(kind, args, meta, train_set)
     model = build_model(kind, config).to(device)
     optimizer = make_optimizer(args, model.parameters())
     steps = math.ceil(args.total_samples / args.batch_size)
