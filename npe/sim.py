@@ -2,6 +2,7 @@
 import math
 import multiprocessing as mp
 import os
+import signal
 
 import numpy as np
 import pymunk
@@ -20,6 +21,8 @@ def initial_state(world: World, rng: np.random.Generator):
     speed ~ U[min_speed, max_speed], direction ~ U[0, 2 pi). Returns pos [N, 2], vel [N, 2] in px, px/s.
     """
     r = world.radius
+    if 2 * r > min(world.width, world.height):
+        _cannot_place(world)
     pos = np.zeros((world.num_balls, 2))
     for i in range(world.num_balls):
         for _ in range(10_000):
@@ -27,13 +30,17 @@ def initial_state(world: World, rng: np.random.Generator):
             if np.all(np.linalg.norm(pos[:i] - p, axis=1) >= 2 * r):
                 break
         else:
-            raise NPEError(f"cannot place {world.num_balls} non-overlapping balls of radius {r} in a "
-                           f"{world.width:g} x {world.height:g} box; use fewer or smaller balls")
+            _cannot_place(world)
         pos[i] = p
     speed = rng.uniform(world.min_speed, world.max_speed, world.num_balls)
     angle = rng.uniform(0, 2 * math.pi, world.num_balls)
     vel = np.stack([speed * np.cos(angle), speed * np.sin(angle)], axis=1)
     return pos, vel
+
+
+def _cannot_place(world):
+    raise NPEError(f"cannot place {world.num_balls} non-overlapping balls of radius {world.radius:g} in a "
+                   f"{world.width:g} x {world.height:g} box; use fewer or smaller balls")
 
 
 def _space(world: World, pos, vel):
@@ -96,5 +103,6 @@ def _run(fn, jobs, workers):
     if workers == 1:
         yield from map(fn, jobs)
         return
-    with mp.get_context("spawn").Pool(workers) as pool:
+    # Workers ignore Ctrl-C: the terminal sends it to them too, and only this process should handle it.
+    with mp.get_context("spawn").Pool(workers, signal.signal, (signal.SIGINT, signal.SIG_IGN)) as pool:
         yield from pool.imap(fn, jobs)

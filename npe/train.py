@@ -220,9 +220,13 @@ def train(kind, args):
 
     def save(with_eval):
         bad = first_bad.item()
+        kept = f"the last good checkpoint {ckpt_path} is kept" if ckpt_path.exists() else "nothing was saved"
         if bad:
-            raise NPEError(f"training loss became non-finite at step {bad}; the last good checkpoint "
-                           f"{ckpt_path} is kept (try a lower --lr or --max_grad_norm)")
+            raise NPEError(f"training loss became non-finite at step {bad}; {kept} (try a lower --lr or "
+                           f"--max_grad_norm)")
+        if not all(torch.isfinite(p).all() for p in model.parameters()):
+            raise NPEError(f"weights became non-finite by step {step}; {kept} (try a lower --lr or "
+                           f"--max_grad_norm)")
         if with_eval:
             since = step - (rows[-1]["step"] if rows else 0)
             val = evaluate(model, val_set)
@@ -280,8 +284,8 @@ def train(kind, args):
                 break
     how = "resume with the same command and --resume"
     if stop.received:
-        raise Interrupted(f"stopped by {stop.received.name} at step {step:,}; checkpoint {ckpt_path} and "
-                          f"metrics {csv_path} are saved; {how}", 128 + stop.received.value)
+        raise Interrupted(f"stopped by {stop.received.name} at step {step:,}; checkpoint {ckpt_path} is "
+                          f"saved; {how}", 128 + stop.received.value)
     if step < steps:
         print(f"stopped after step {step:,} as asked (--stop_after_steps); {how}")
     print(f"checkpoint: {ckpt_path} (best val: {best_path})\nmetrics: {csv_path}")
