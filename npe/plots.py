@@ -30,7 +30,7 @@ def plot_rollout_metrics(table, path, subtitle):
         ax.grid(alpha=0.3)
     axes[0].legend()
     fig.suptitle(f"Velocity prediction over autoregressive rollouts, {subtitle}")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.95))  # leave the top for the suptitle
     save_figure(fig, path)
 
 
