@@ -3,8 +3,6 @@ metadata (world, dt, state_scale) and samples seen. Plain tensors and containers
 with torch.load(..., weights_only=True)."""
 from pathlib import Path
 
-import torch
-
 from .config import CHECKPOINT_FORMAT, NEIGHBORHOOD_RADII
 from .cli import NPEError
 from .files import load_torch, save_torch
