@@ -1,6 +1,6 @@
 """One training loop for both models: the dataset lives on the training device, shuffled batches
-are drawn by index, validation runs on the whole val split, and a metrics CSV and a checkpoint are
-(re)written atomically at every evaluation."""
+are drawn by index, validation runs on the whole val split, and a metrics CSV and a resumable
+checkpoint are (re)written atomically at every evaluation, every --save_every steps and on a stop."""
 import math
 import signal
 import time
@@ -273,14 +273,13 @@ def train(kind, args):
             first_bad = torch.where((first_bad == 0) & ~torch.isfinite(loss), step, first_bad)
             bar.update()
             evaluate_now = step % args.eval_every == 0 or step == steps
-            if evaluate_now or step % args.save_every == 0:
+            stopping = bool(stop.received) or step == args.stop_after_steps
+            if evaluate_now or stopping or step % args.save_every == 0:
                 save(evaluate_now)
                 if evaluate_now:
                     rate = (seen - first_seen) / (time.time() - session_start)
                     bar.set_postfix(train=rows[-1]["train_loss"], val=rows[-1]["val_loss"], samples_s=f"{rate:,.0f}")
-            if stop.received or step == args.stop_after_steps:
-                if not evaluate_now:
-                    save(False)
+            if stopping:
                 break
     how = "resume with the same command and --resume"
     if stop.received:
