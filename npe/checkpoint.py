@@ -3,7 +3,7 @@ metadata (world, dt, state_scale) and samples seen. Plain tensors and containers
 with torch.load(..., weights_only=True)."""
 from pathlib import Path
 
-from .config import CHECKPOINT_FORMAT, NEIGHBORHOOD_RADII
+from .config import CHECKPOINT_FORMAT, NEIGHBORHOOD_RADII, World
 from .cli import NPEError
 from .files import load_torch, save_torch
 from .models import MODELS, build_model
@@ -75,8 +75,9 @@ def load_classic_and_modern(args):
 
 def same_world(metas, paths):
     """Checkpoints (and datasets) used side by side must share one world; returns the first metadata."""
+    first = World.from_dict(metas[0]["world"])
     for path, meta in zip(paths[1:], metas[1:]):
-        if meta["world"] != metas[0]["world"]:
+        if World.from_dict(meta["world"]) != first:
             raise NPEError(f"{path} comes from another world than {paths[0]} ({meta['world']} vs "
                            f"{metas[0]['world']}); use checkpoints and data made with the same settings")
     return metas[0]

@@ -5,31 +5,71 @@ everything downstream reads it from there rather than from this module.
 """
 from dataclasses import asdict, dataclass
 
-# State layout of one ball in one frame.
+import numpy as np
+
+# State layout of one object in one frame. The mass column also says what the object is: a ball
+# (mass > 0), a static block (mass 0, velocity 0) or an empty slot that pads a scene to the width of
+# the dataset (PAD_MASS, all else 0).
 STATE_DIM = 5  # [x, y, vx, vy, mass]
 POS = slice(0, 2)
 VEL = slice(2, 4)
 MASS = 4
+PAD_MASS = -1.0
+
+# Obstacle layouts, after the paper: square blocks of side World.block_size, given by their centres in
+# block sides from the centre of the box, x to the right and y up.
+LAYOUTS = {
+    "O": (),  # the plain box
+    "I": ((0, -0.5), (0, 0.5)),  # a free-standing wall, two blocks tall
+    "L": ((-0.5, 0.5), (-0.5, -0.5), (0.5, -0.5)),
+    "U": ((-1.5, 0.5), (-1.5, -0.5), (-0.5, -0.5), (0.5, -0.5), (1.5, -0.5), (1.5, 0.5)),  # cup opening up
+}
 
 
 @dataclass(frozen=True)
 class World:
-    """The box and the balls, in pixels and seconds (the paper's 800 x 600 box, radius 60)."""
+    """The box, the balls and the obstacles, in pixels and seconds (the paper's 800 x 600 box, radius 60).
+
+    Each scene draws its number of balls from `num_balls`, its layout from `layouts` and each ball's
+    mass from `masses`, uniformly; the defaults make the paper's 4 equal balls in a plain box.
+    """
 
     width: float = 800.0
     height: float = 600.0
     radius: float = 60.0
-    mass: float = 1.0
+    masses: tuple = (1.0,)
     elasticity: float = 1.0
-    num_balls: int = 4
+    num_balls: tuple = (4,)
+    layouts: tuple = ("O",)
+    block_size: float = 120.0  # side of an obstacle block, one ball diameter
     frames_per_scene: int = 60
     dt: float = 1.0 / 30.0  # seconds per frame
     substeps: int = 10  # pymunk steps per frame; 10 keeps energy within 1% (tests/test_sim.py)
     min_speed: float = 150.0  # initial speed ~ U[min_speed, max_speed] px/s,
     max_speed: float = 450.0  # direction ~ U[0, 2 pi)
 
+    @property
+    def num_objects(self):
+        """Objects per scene in the data: the most balls plus the most blocks; smaller scenes are padded."""
+        return max(self.num_balls) + max(len(LAYOUTS[name]) for name in self.layouts)
+
+    def blocks(self, layout):
+        """Centres [K, 2] in px of the blocks of `layout`."""
+        centre = np.array([self.width / 2, self.height / 2])
+        return centre + self.block_size * np.reshape(LAYOUTS[layout], (-1, 2))
+
     def to_dict(self):
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, world):
+        """A World from to_dict() or its JSON (lists for tuples), also the single-mass form of npe 0.1."""
+        world = dict(world)
+        if "mass" in world:
+            world["masses"] = [world.pop("mass")]
+        if isinstance(world.get("num_balls"), int):
+            world["num_balls"] = [world["num_balls"]]
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in world.items()})
 
 
 # raw = normalized * STATE_SCALE. Positions share one scale so that distances stay isotropic.

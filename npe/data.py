@@ -1,11 +1,13 @@
 """The window dataset: scenes of normalized states cut into 3-frame windows (t-1, t, t+1).
 
 On disk, for a prefix P: P_train.pt, P_val.pt, P_test.pt, each a float32 tensor
-[num_windows, 3, num_balls, 5], and P_meta.json. Splits are by scene (70/15/15), the windows of a
+[num_windows, 3, num_objects, 5], and P_meta.json. Scenes with fewer objects than num_objects are
+padded with empty slots (mass PAD_MASS, see config.py). Splits are by scene (70/15/15), the windows of a
 scene stored contiguously and in time order; shuffling happens at training time.
 """
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -47,7 +49,7 @@ def generate_dataset(out_prefix, num_scenes, seed, workers=None, world=World()):
     start = time.time()
     scenes = normalize(simulate_scenes(world, seed, 0, num_scenes, workers))  # [S, F, N, 5]
     meta = {
-        "num_balls": world.num_balls,
+        "num_objects": world.num_objects,
         "frames_per_scene": world.frames_per_scene,
         "windows_per_scene": world.frames_per_scene - WINDOW + 1,
         "scenes": sizes,
@@ -56,7 +58,7 @@ def generate_dataset(out_prefix, num_scenes, seed, workers=None, world=World()):
         "dt": world.dt,
         "world": world.to_dict(),
         "state_scale": state_scale(),
-        "state_layout": ["x", "y", "vx", "vy", "mass"],
+        "state_layout": ["x", "y", "vx", "vy", "mass (0: static block, -1: padding)"],
         "npe_version": __version__,
         "generation_seconds": round(time.time() - start, 2),
     }
@@ -75,8 +77,10 @@ def load_meta(prefix):
         raise NPEError(f"dataset metadata not found: {path} ({GENERATE_HINT}, or fix --dataset_prefix)")
     try:
         meta = json.loads(path.read_text())
-        World(**meta["world"])
-        meta["state_scale"], meta["num_balls"]
+        meta.setdefault("num_objects", meta.get("num_balls"))  # npe 0.1 datasets: 4 balls, no blocks
+        if World.from_dict(meta["world"]).num_objects != meta["num_objects"]:
+            raise ValueError(f"num_objects {meta['num_objects']} does not fit its world")
+        meta["state_scale"]
     except (ValueError, KeyError, TypeError) as err:
         raise NPEError(f"corrupt dataset metadata {path}: {err} ({GENERATE_HINT})") from None
     return meta
@@ -86,7 +90,7 @@ def load_split(prefix, split, meta):
     """One split as a float32 tensor [W, 3, N, 5], checked against the metadata."""
     path = f"{prefix}_{split}.pt"
     windows = load_torch(path, f"{split} split", GENERATE_HINT)
-    expected = (WINDOW, meta["num_balls"], STATE_DIM)
+    expected = (WINDOW, meta["num_objects"], STATE_DIM)
     if not (isinstance(windows, torch.Tensor) and windows.dtype == torch.float32
             and windows.dim() == 4 and tuple(windows.shape[1:]) == expected and len(windows)):
         got = tuple(windows.shape) if isinstance(windows, torch.Tensor) else type(windows).__name__
@@ -95,12 +99,14 @@ def load_split(prefix, split, meta):
     return windows
 
 
-def scene_frames(meta, seed, num_scenes, num_frames, workers=None):
-    """Fresh normalized scenes [S, num_frames, N, 5] for rollouts, in a checkpoint's world.
+def scene_frames(meta, seed, num_scenes, num_frames, workers=None, **changes):
+    """Fresh normalized scenes [S, num_frames, N, 5] for rollouts, in a checkpoint's world with
+    `changes` to its fields (for example num_balls=(8,) to test generalization).
 
     Refuses the seed the checkpoint's training data came from: those scenes are not fresh.
     """
     if seed == meta["seed"]:
         raise NPEError(f"--seed {seed} is the seed of the training data; pick another one for fresh scenes")
-    raw = simulate_scenes(World(**meta["world"]), seed, 0, num_scenes, workers, num_frames, progress=False)
+    world = replace(World.from_dict(meta["world"]), **changes)
+    raw = simulate_scenes(world, seed, 0, num_scenes, workers, num_frames, progress=False)
     return normalize(raw)

@@ -1,15 +1,17 @@
 """The Neural Physics Engine: a pairwise encoder summed over each ball's neighbourhood, and a decoder.
 
-Both models take `frames` [B, 2, N, 5] (normalized states at t-1 and t) and return the normalized
+All models take `frames` [B, 2, N, 5] (normalized states at t-1 and t) and return the normalized
 velocity at t+1, [B, N, 2]. The network itself predicts the change of velocity divided by
 `dv_scale` (the standard deviation of that change in the training data), so its outputs are O(1);
-forward() adds it back to the velocity at t. Everything is dense over [B, N, N] pairs with a mask:
-no loops over balls, any N, and permuting the balls permutes the outputs.
+forward() adds it back to the velocity at t, and keeps static blocks and padding at velocity 0. The
+NPEs are dense over [B, N, N] pairs with a mask: no loops over balls, any N, and permuting the
+objects permutes the outputs. The paper's two baselines follow them: NP (no pairs) and an LSTM.
 """
 import torch
 from torch import nn
 
-from .config import POS, STATE_DIM, VEL
+from .cli import NPEError
+from .config import MASS, PAD_MASS, POS, STATE_DIM, VEL
 
 FEATURES = 2 * STATE_DIM  # one ball over the two input frames
 
@@ -29,8 +31,9 @@ class NPEBase(nn.Module):
     def features(self, frames):
         """frames [B, 2, N, 5] -> focus [B, N, 10], context [B, N, N, 10], mask [B, N, N] (focus i, context j).
 
-        The focus is described absolutely (the walls are fixed in the box frame); a context ball by its
-        position relative to the focus, its velocity and its mass, so a pair looks the same anywhere.
+        The focus is described absolutely (the walls are fixed in the box frame); a context object by
+        its position relative to the focus, its velocity and its mass (0 for a block), so a pair looks
+        the same anywhere. The mask keeps the other objects within the neighbourhood, padding never.
         """
         b, _, n, _ = frames.shape
         states = frames.permute(0, 2, 1, 3)  # [B, N, 2, 5]
@@ -41,12 +44,14 @@ class NPEBase(nn.Module):
         context = torch.cat([rel, other], dim=-1).reshape(b, n, n, FEATURES)
         dist = rel[:, :, :, 1].norm(dim=-1)  # [B, N, N] at time t
         eye = torch.eye(n, dtype=torch.bool, device=frames.device)
-        mask = (dist < self.neighborhood) & ~eye
+        present = frames[:, 1, None, :, MASS] != PAD_MASS  # [B, 1, N]
+        mask = (dist < self.neighborhood) & ~eye & present
         return focus, context, mask
 
     def forward(self, frames):
-        """frames [B, 2, N, 5] -> normalized velocity at t+1 [B, N, 2]."""
-        return frames[:, 1, :, VEL] + self.dv_scale * self.delta(frames)
+        """frames [B, 2, N, 5] -> normalized velocity at t+1 [B, N, 2]; 0 for blocks and padding."""
+        moving = frames[:, 1, :, MASS, None] > 0  # [B, N, 1]
+        return (frames[:, 1, :, VEL] + self.dv_scale * self.delta(frames)) * moving
 
     def delta(self, frames):
         raise NotImplementedError
@@ -121,7 +126,48 @@ class ModernNPE(NPEBase):
         return self.decoder(self.merge(torch.cat([encoded, f], dim=-1)))  # [B, N, 2]
 
 
-MODELS = {m.kind: m for m in (ClassicNPE, ModernNPE)}
+class NoPairwise(NPEBase):
+    """The paper's NP baseline: the classic NPE without its pairwise encoder, so each ball's next
+    velocity follows from its own two states alone (walls, but no collisions, can be learned)."""
+
+    kind = "np"
+
+    def __init__(self, neighborhood, dv_scale, pos_step, object_dim=25, hidden=50, dec_layers=5):
+        super().__init__(neighborhood, dv_scale, pos_step)
+        self.focus_in = mlp([FEATURES, object_dim], True)
+        self.decoder = mlp([object_dim] + [hidden] * (dec_layers - 1) + [2], False)
+
+    def delta(self, frames):
+        b, _, n, _ = frames.shape
+        focus = frames.permute(0, 2, 1, 3).reshape(b, n, FEATURES)  # [B, N, 10]
+        return self.decoder(self.focus_in(focus))  # [B, N, 2]
+
+
+class LSTMBaseline(NPEBase):
+    """The paper's LSTM baseline: the states of all objects concatenated in their slot order, read as a
+    sequence of the two frames; the last output gives every object's velocity change at once. Scenes
+    with fewer than `slots` objects are padded, so it can run on up to `slots` objects, but it sees
+    neither pairs nor permutation symmetry."""
+
+    kind = "lstm"
+
+    def __init__(self, neighborhood, dv_scale, pos_step, slots=10, hidden=100, layers=2):
+        super().__init__(neighborhood, dv_scale, pos_step)
+        self.slots = slots
+        self.lstm = nn.LSTM(slots * STATE_DIM, hidden, layers, batch_first=True)
+        self.head = nn.Linear(hidden, slots * 2)
+
+    def delta(self, frames):
+        b, t, n, _ = frames.shape
+        if n > self.slots:
+            raise NPEError(f"this LSTM takes at most {self.slots} objects (its --slots), got scenes of {n}")
+        pad = frames.new_zeros(b, t, self.slots - n, STATE_DIM)
+        pad[..., MASS] = PAD_MASS
+        out, _ = self.lstm(torch.cat([frames, pad], dim=2).reshape(b, t, -1))  # [B, 2, hidden]
+        return self.head(out[:, -1]).view(b, self.slots, 2)[:, :n]  # [B, N, 2]
+
+
+MODELS = {m.kind: m for m in (ClassicNPE, ModernNPE, NoPairwise, LSTMBaseline)}
 
 
 def build_model(kind, config):

@@ -10,7 +10,8 @@ def rollout(model, frames, steps):
     """frames [B, 2, N, 5] (normalized, t-1 and t) -> predicted states [B, steps, N, 5].
 
     Velocities come from the model; positions are integrated as the simulator does
-    (x(t+1) = x(t) + v(t+1) dt); mass is carried over. `model` may also be a plain function of
+    (x(t+1) = x(t) + v(t+1) dt); mass is carried over, and blocks and padding, whose velocity the
+    model keeps at 0, stay where they are. `model` may also be a plain function of
     frames, such as constant_velocity.
     """
     pos_step = model.pos_step
@@ -35,26 +36,35 @@ class ConstantVelocity:
         return frames[:, 1, :, VEL]
 
 
+def masked_mse(pred, target, moving):
+    """Mean squared error over the balls: pred, target [B, N, 2], moving [B, N] (False: block or padding)."""
+    return ((pred - target).pow(2).sum(-1) * moving).sum() / (2 * moving.sum())
+
+
 @torch.no_grad()
 def one_step_mse(model, windows, scale=1.0, chunk=16384):
-    """Mean squared error of the velocity at t+1 over windows [W, 3, N, 5], in units of `scale`."""
-    total = 0.0
+    """Mean squared error of the balls' velocity at t+1 over windows [W, 3, N, 5], in units of `scale`."""
+    total, balls = 0.0, 0
     for part in windows.split(chunk):
-        total += ((model(part[:, :2]) - part[:, 2, :, VEL]) / scale).pow(2).mean().item() * len(part)
-    return total / len(windows)
+        moving = part[:, 1, :, MASS] > 0  # [W, N]
+        total += masked_mse(model(part[:, :2]), part[:, 2, :, VEL], moving).item() * moving.sum().item()
+        balls += moving.sum().item()
+    return total / balls / scale ** 2
 
 
 def velocity_metrics(pred, truth):
     """pred, truth [B, T, N, 5] -> per-step cosine similarity, relative magnitude error (mean, median).
 
-    Both are taken per ball and step; relative magnitude error is | |v| - |v_pred| | / |v|, heavy-tailed
-    when a true ball nearly stops, hence the median beside the mean. Each is [T].
+    All are taken per ball and step, blocks and padding left out; relative magnitude error is
+    | |v| - |v_pred| | / |v|, heavy-tailed when a true ball nearly stops, hence the median beside the
+    mean. Each is [T].
     """
     v, p = truth[..., VEL], pred[..., VEL]
     cos = torch.nn.functional.cosine_similarity(p, v, dim=-1, eps=1e-12)  # [B, T, N]
     speed = v.norm(dim=-1)
     rel = (speed - p.norm(dim=-1)).abs() / speed.clamp_min(1e-12)
-    per_step = lambda x: x.transpose(0, 1).reshape(x.shape[1], -1)  # [T, B * N]
+    moving = truth[:, 0, :, MASS] > 0  # [B, N]
+    per_step = lambda x: x.transpose(0, 1)[:, moving]  # [T, balls]
     return per_step(cos).mean(1), per_step(rel).mean(1), per_step(rel).median(1).values
 
 

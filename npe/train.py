@@ -11,25 +11,28 @@ from tqdm import tqdm
 
 from .checkpoint import load_checkpoint, model_geometry, save_checkpoint
 from .cli import Interrupted, NPEError, Parser, fraction, nonnegative_float, positive_float, positive_int
-from .config import VEL
+from .config import MASS, VEL
 from .data import load_meta, load_split
 from .files import save_text
 from .models import build_model
-from .rollout import one_step_mse
+from .rollout import masked_mse, one_step_mse
 
 CSV_COLUMNS = ["step", "samples_seen", "train_loss", "val_loss", "lr", "elapsed_s"]
-MODEL_FLAGS = {"modern": ["msg_dim", "enc_blocks", "dec_blocks", "expansion", "dropout"]}
+MODEL_FLAGS = {"modern": ["msg_dim", "enc_blocks", "dec_blocks", "expansion", "dropout"], "lstm": ["slots"]}
+# Default run names; the classic script also trains the paper's baselines (--model np / lstm).
+NAMES = {"classic": "npe_classic", "modern": "npe_modern", "np": "np_baseline", "lstm": "lstm_baseline"}
+BASELINES = ["np", "lstm"]
 # The defaults that differ between the two training scripts (npe.bench measures these recipes too).
 RECIPES = {
-    "classic": dict(name="npe_classic", batch_size=50, total_samples=60_000_000, eval_every=2000,
+    "classic": dict(batch_size=50, total_samples=60_000_000, eval_every=2000,
                     optimizer="rmsprop", lr=3e-4, weight_decay=0.0, schedule="constant", warmup_frac=0.0,
                     max_grad_norm=0.0, noise_std=0.0),
-    "modern": dict(name="npe_modern", batch_size=2048, total_samples=200_000_000, eval_every=500,
+    "modern": dict(batch_size=2048, total_samples=200_000_000, eval_every=500,
                    optimizer="adamw", lr=1e-3, weight_decay=1e-4, schedule="cosine", warmup_frac=0.02,
                    max_grad_norm=1.0, noise_std=0.0),
 }
 # Flags that shape a run: --resume refuses to continue a run with different ones.
-RESUME_FLAGS = ["batch_size", "total_samples", "optimizer", "lr", "weight_decay", "schedule", "warmup_frac",
+RESUME_FLAGS = ["model", "slots", "batch_size", "total_samples", "optimizer", "lr", "weight_decay", "schedule", "warmup_frac",
                 "max_grad_norm", "noise_std", "seed", *MODEL_FLAGS["modern"]]
 
 
@@ -38,7 +41,8 @@ def train_parser(kind, description):
     defaults = dict(RECIPES[kind])
     p = Parser(description=description)
     p.add_argument("--dataset_prefix", required=True, help="prefix given to generate_dataset_4ball.py --out_prefix")
-    p.add_argument("--name", default=defaults.pop("name"), help="run name: checkpoint is CKPT_DIR/NAME.pt")
+    names = f"{NAMES[kind]}" + "".join(f"; {NAMES[b]} with --model {b}" for b in BASELINES if kind == "classic")
+    p.add_argument("--name", default=None, help=f"run name: checkpoint is CKPT_DIR/NAME.pt (default: {names})")
     p.add_argument("--ckpt_dir", type=Path, default=Path("checkpoints"), help="folder for the checkpoint")
     p.add_argument("--metrics_csv", type=Path, default=None, help="metrics CSV (default: logs/NAME.csv)")
     p.add_argument("--batch_size", type=positive_int, help="windows per step")
@@ -63,6 +67,12 @@ def train_parser(kind, description):
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--no_pin_memory", action="store_true",
                    help="accepted for older commands; the dataset lives on the training device, nothing is pinned")
+    if kind == "classic":
+        p.add_argument("--model", choices=["classic", *BASELINES], default="classic",
+                       help="classic: the NPE; np: the paper's no-pairwise baseline; lstm: its LSTM baseline "
+                            "(both with this script's recipe)")
+        p.add_argument("--slots", type=positive_int, default=10,
+                       help="--model lstm only: objects the LSTM takes (scenes are padded to this many)")
     if kind == "modern":
         p.add_argument("--msg_dim", type=positive_int, default=96, help="width of messages and residual stream")
         p.add_argument("--enc_blocks", type=positive_int, default=3, help="residual blocks in the pairwise encoder")
@@ -82,8 +92,9 @@ def pick_device(name):
 
 
 def velocity_change_std(windows):
-    """Std of v(t+1) - v(t) over a split [W, 3, N, 5], x and y pooled (keeps the model isotropic)."""
-    return (windows[:, 2, :, VEL] - windows[:, 1, :, VEL]).std().item()
+    """Std of v(t+1) - v(t) of the balls in a split [W, 3, N, 5], x and y pooled (keeps the model isotropic)."""
+    moving = windows[:, 1, :, MASS] > 0  # [W, N]
+    return (windows[:, 2, :, VEL] - windows[:, 1, :, VEL])[moving].std().item()
 
 
 def model_config(kind, args, meta, train_set):
@@ -93,11 +104,12 @@ def model_config(kind, args, meta, train_set):
 
 
 def loss_fn(model, frames, target):
-    """MSE of the predicted velocity at t+1, in units of the data's velocity-change std.
+    """MSE of the balls' predicted velocity at t+1, in units of the data's velocity-change std.
 
-    frames [B, 2, N, 5], target [B, N, 2]. Predicting "no change" scores about 1.
+    frames [B, 2, N, 5], target [B, N, 2]. Blocks and padding do not count. Predicting "no change"
+    scores about 1.
     """
-    return ((model(frames) - target) / model.dv_scale).pow(2).mean()
+    return masked_mse(model(frames), target, frames[:, 1, :, MASS] > 0) / model.dv_scale ** 2
 
 
 def evaluate(model, windows):
@@ -162,6 +174,7 @@ def check_resumable(ckpt, args, meta, path):
 
 def train(kind, args):
     """Train a `kind` model with the parsed flags; returns the checkpoint path."""
+    args.name = args.name or NAMES[kind]
     device = pick_device(args.device)
     if device.type == "cpu":
         torch.set_flush_denormal(True)  # denormal floats slowed RMSprop ~25x mid-run on CPU
@@ -246,7 +259,7 @@ def train(kind, args):
         save_checkpoint(ckpt_path, model, config, meta, seen, saved_args, train_state)
 
     verb = f"resuming at step {step:,} of" if resume else "training for"
-    print(f"{kind} NPE: {sum(p.numel() for p in model.parameters()):,} parameters, {len(train_set):,} train "
+    print(f"{kind} model: {sum(p.numel() for p in model.parameters()):,} parameters, {len(train_set):,} train "
           f"windows; {verb} {steps:,} steps of {args.batch_size} on {device}")
     model.train()
     session_start, first_seen = time.time(), seen
@@ -260,7 +273,7 @@ def train(kind, args):
             if args.noise_std:
                 noise = torch.randn(inputs.shape, device=device, generator=noise_gen) * args.noise_std
                 noise[..., VEL.stop:] = 0  # mass is exact
-                inputs = inputs + noise
+                inputs = inputs + noise * (inputs[..., MASS:] > 0)  # blocks stay put, padding empty
             loss = loss_fn(model, inputs, batch[:, 2, :, VEL])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

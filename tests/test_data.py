@@ -39,12 +39,12 @@ def test_each_split_is_a_float32_window_tensor(dataset, split):
 def test_metadata_describes_the_dataset(dataset):
     meta = meta_of(dataset)
     world = World()
-    assert meta["num_balls"] == 4
+    assert meta["num_objects"] == 4
     assert meta["frames_per_scene"] == 60
     assert meta["windows_per_scene"] == 58
     assert meta["seed"] == SEED
     assert meta["dt"] == world.dt
-    assert meta["world"] == world.to_dict()
+    assert World.from_dict(meta["world"]) == world
     assert meta["state_scale"] == state_scale()
     assert set(meta["scenes"]) == set(SPLITS) and sum(meta["scenes"].values()) == NUM_SCENES
 

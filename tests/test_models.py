@@ -1,10 +1,13 @@
-"""Both NPEs: output shape, any number of balls, permutation equivariance, the neighbourhood mask."""
+"""The NPEs: output shape, any number of balls, permutation equivariance, the neighbourhood mask,
+blocks and padding; and what sets the two baselines apart."""
 import pytest
 import torch
 
 from npe.checkpoint import model_geometry
-from npe.config import World, state_scale
+from npe.config import MASS, PAD_MASS, World, state_scale
 from npe.models import MODELS, build_model
+
+NPES = ["classic", "modern"]
 
 WORLD = World()
 SCALE = torch.tensor(state_scale(), dtype=torch.float64)
@@ -12,10 +15,21 @@ GEOMETRY = model_geometry({"state_scale": state_scale(), "world": WORLD.to_dict(
 REACH_PX = GEOMETRY["neighborhood"] * state_scale()[0]  # 3.5 radii = 210 px
 
 
-@pytest.fixture(params=list(MODELS))
-def model(request):
+def make(kind):
     torch.manual_seed(0)
-    return build_model(request.param, {**GEOMETRY, "dv_scale": 1.0}).double().eval()
+    return build_model(kind, {**GEOMETRY, "dv_scale": 1.0}).double().eval()
+
+
+@pytest.fixture(params=NPES)
+def model(request):
+    return make(request.param)
+
+
+def with_padding(frames, extra):
+    """frames [B, 2, N, 5] with `extra` empty slots appended, as the dataset pads smaller scenes."""
+    pad = torch.zeros(*frames.shape[:2], extra, frames.shape[-1], dtype=frames.dtype)
+    pad[..., MASS] = PAD_MASS
+    return torch.cat([frames, pad], dim=2)
 
 
 def frames_from_pixels(pos_t, vel, mass=1.0):
@@ -36,8 +50,10 @@ def random_frames(batch, n, generator):
     return torch.cat([pos, vel.expand(-1, 2, -1, -1), mass], dim=-1) / SCALE
 
 
+@pytest.mark.parametrize("kind", MODELS)
 @pytest.mark.parametrize("n", [3, 4, 6])
-def test_output_is_a_velocity_per_ball(model, n):
+def test_output_is_a_velocity_per_ball(kind, n):
+    model = make(kind)
     frames = random_frames(5, n, torch.Generator().manual_seed(n))
     out = model(frames)
     assert out.shape == (5, n, 2)
@@ -76,3 +92,39 @@ def test_a_context_ball_inside_the_neighbourhood_changes_the_output(model):
 
 def test_the_neighbourhood_is_three_and_a_half_radii():
     assert REACH_PX == pytest.approx(3.5 * WORLD.radius)
+
+
+@pytest.mark.parametrize("kind", MODELS)
+def test_padding_changes_nothing_and_stays_still(kind):
+    model = make(kind)
+    frames = random_frames(6, 4, torch.Generator().manual_seed(1))
+    padded = model(with_padding(frames, 3))
+    torch.testing.assert_close(padded[:, :4], model(frames), rtol=0, atol=1e-12)
+    assert torch.all(padded[:, 4:] == 0)
+
+
+def block_frames(block_px):
+    """A ball at (200, 300) px moving right and a static block (mass 0) centred at block_px."""
+    frames = frames_from_pixels([[200.0, 300.0], block_px], [[200.0, 0.0], [0.0, 0.0]])
+    frames[..., 1, MASS] = 0
+    return frames
+
+
+def test_a_block_in_the_neighbourhood_acts_on_the_ball_and_never_moves(model):
+    near, far = model(block_frames([300.0, 300.0])), model(block_frames([650.0, 300.0]))
+    assert torch.all(near[:, 1] == 0) and torch.all(far[:, 1] == 0)
+    assert (near[0, 0] - far[0, 0]).abs().max() > 1e-9
+
+
+def test_the_np_baseline_ignores_the_other_balls():
+    model = make("np")
+    frames = random_frames(4, 3, torch.Generator().manual_seed(2))
+    moved = frames.clone()
+    moved[:, :, 1:, :4] += 0.01  # every other ball moves and speeds up
+    torch.testing.assert_close(model(moved)[:, 0], model(frames)[:, 0], rtol=0, atol=0)
+
+
+def test_the_lstm_baseline_refuses_more_objects_than_its_slots():
+    model = make("lstm")
+    with pytest.raises(Exception, match="at most 10 objects"):
+        model(random_frames(1, 11, torch.Generator().manual_seed(3)))
