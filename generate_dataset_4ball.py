@@ -1,5 +1,10 @@
-"""Simulate balls bouncing in a box and write 3-frame windows (t-1, t, t+1) split by scene."""
-from npe.cli import Parser, nonnegative_int, positive_int, run_cli
+"""Simulate balls bouncing in a box and write 3-frame windows (t-1, t, t+1) split by scene.
+
+The defaults make the paper's 4 equal balls in a plain box; --num_balls, --masses and --layout make
+the worlds of its other experiments, each scene drawing its number of balls, its layout and every
+ball's mass from the given sets."""
+from npe.cli import Parser, list_of, nonnegative_int, positive_float, positive_int, run_cli
+from npe.config import LAYOUTS, World
 from npe.data import generate_dataset
 
 
@@ -10,10 +15,18 @@ def main():
                    help="writes PREFIX_{train,val,test}.pt and PREFIX_meta.json (folders are created)")
     p.add_argument("--seed", type=nonnegative_int, default=0, help="scene i is simulated from (seed, i)")
     p.add_argument("--workers", type=positive_int, default=None, help="simulation processes (default: all cores)")
+    p.add_argument("--num_balls", type=list_of(positive_int), default="4",
+                   help="balls per scene, or a set to draw from per scene, e.g. 3,4,5")
+    p.add_argument("--masses", type=list_of(positive_float), default="1",
+                   help="the mass of each ball is drawn from this set, e.g. 1,5,25")
+    p.add_argument("--layout", type=list_of(str, LAYOUTS), default="O",
+                   help=f"obstacle layout per scene, or a set to draw from: {', '.join(LAYOUTS)} "
+                        "(O: plain box; see the README)")
     args = p.parse_args()
-    meta = generate_dataset(args.out_prefix, args.num_scenes, args.seed, args.workers)
+    world = World(num_balls=args.num_balls, masses=args.masses, layouts=args.layout)
+    meta = generate_dataset(args.out_prefix, args.num_scenes, args.seed, args.workers, world)
     print(f"wrote {args.out_prefix}_{{train,val,test}}.pt and _meta.json: scenes {meta['scenes']}, "
-          f"windows {meta['windows']}, {meta['generation_seconds']} s")
+          f"windows {meta['windows']}, {meta['num_objects']} objects per window, {meta['generation_seconds']} s")
 
 
 if __name__ == "__main__":

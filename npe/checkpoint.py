@@ -81,3 +81,11 @@ def same_world(metas, paths):
             raise NPEError(f"{path} comes from another world than {paths[0]} ({meta['world']} vs "
                            f"{metas[0]['world']}); use checkpoints and data made with the same settings")
     return metas[0]
+
+
+def load_models(paths):
+    """Checkpoints of any kind, trained in one world -> ({file stem: model}, that world's metadata)."""
+    models = {Path(path).stem: load_model(path) for path in paths}
+    if len(models) < len(paths):
+        raise NPEError("two checkpoints share a file name; copy one to another name to tell them apart")
+    return models, same_world([m.meta for m in models.values()], paths)

@@ -72,6 +72,18 @@ def fraction(text):
     return value
 
 
+def list_of(item, choices=None):
+    """A flag type for comma-separated values of type `item` (or from `choices`), without repeats: "3,4,5"."""
+    def parse(text):
+        values = [item(v.strip()) for v in text.split(",")]
+        if choices is not None and not set(values) <= set(choices):
+            raise argparse.ArgumentTypeError(f"{text!r}: each must be one of {', '.join(choices)}")
+        if len(set(values)) < len(values):
+            raise argparse.ArgumentTypeError(f"{text!r} repeats a value")
+        return tuple(values)
+    return parse
+
+
 def run_cli(main):
     """Run a script's main(); user errors print one line on stderr and exit 2."""
     try:

@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from .config import SPLIT_FRACTIONS, SPLITS, STATE_DIM, WINDOW, World, state_scale
-from .cli import NPEError
+from .cli import NPEError, list_of, positive_int
+from .config import LAYOUTS, SPLIT_FRACTIONS, SPLITS, STATE_DIM, WINDOW, World, state_scale
 from .files import ensure_parent, load_torch, save_text, save_torch
 from .sim import simulate_scenes
 
@@ -110,3 +110,21 @@ def scene_frames(meta, seed, num_scenes, num_frames, workers=None, **changes):
     world = replace(World.from_dict(meta["world"]), **changes)
     raw = simulate_scenes(world, seed, 0, num_scenes, workers, num_frames, progress=False)
     return normalize(raw)
+
+
+def add_world_flags(parser, what):
+    """--num_balls and --layout: the worlds to test in, each value its own world (default: the training world)."""
+    parser.add_argument("--num_balls", type=list_of(positive_int), default=None,
+                        help=f"numbers of balls {what}, each a world of its own, e.g. 6,7,8 (default: as in training)")
+    parser.add_argument("--layout", type=list_of(str, LAYOUTS), default=None,
+                        help=f"obstacle layouts {what}, each a world of its own: {', '.join(LAYOUTS)} "
+                             f"(default: as in training)")
+
+
+def test_worlds(args, meta):
+    """{label: changes to the training world} for every combination of --num_balls and --layout."""
+    world = World.from_dict(meta["world"])
+    counts = [(n,) for n in args.num_balls] if args.num_balls else [world.num_balls]
+    layouts = [(name,) for name in args.layout] if args.layout else [world.layouts]
+    return {f"{','.join(map(str, n))} balls, {','.join(lay)}": {"num_balls": n, "layouts": lay}
+            for n in counts for lay in layouts}

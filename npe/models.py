@@ -163,7 +163,7 @@ class LSTMBaseline(NPEBase):
             raise NPEError(f"this LSTM takes at most {self.slots} objects (its --slots), got scenes of {n}")
         pad = frames.new_zeros(b, t, self.slots - n, STATE_DIM)
         pad[..., MASS] = PAD_MASS
-        out, _ = self.lstm(torch.cat([frames, pad], dim=2).reshape(b, t, -1))  # [B, 2, hidden]
+        out, _ = self.lstm(torch.cat([frames, pad], dim=2).reshape(b, t, self.slots * STATE_DIM))  # [B, 2, hidden]
         return self.head(out[:, -1]).view(b, self.slots, 2)[:, :n]  # [B, N, 2]
 
 

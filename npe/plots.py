@@ -34,6 +34,27 @@ def plot_rollout_metrics(table, path, subtitle):
     save_figure(fig, path)
 
 
+def plot_generalization(table, path, subtitle):
+    """table: DataFrame of compare() rows with a world column -> a 2-panel PNG of each model's metrics
+    per world, at step 10 (solid) and at the last step (dashed), like the paper's figures."""
+    worlds = list(dict.fromkeys(table.world))
+    last = table.step.max()
+    fig, axes = plt.subplots(1, 2, figsize=(max(11, 1.6 * len(worlds) + 4), 4.5))
+    for ax, (metric, label) in zip(axes, METRIC_LABELS.items()):
+        for k, (model, rows) in enumerate(table.groupby("model", sort=False)):
+            for step, style in sorted({10: "-", last: "--"}.items()):
+                at = rows[rows.step == step].set_index("world").reindex(worlds)[metric]  # NaN: not run there
+                ax.plot(range(len(worlds)), at, style, marker="o", color=f"C{k}",
+                        label=f"{model.replace('_', ' ')}, step {step}")
+        ax.set_xticks(range(len(worlds)), worlds, rotation=20, ha="right")
+        ax.set(ylabel=label)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"Rollouts in each world, {subtitle}")
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    save_figure(fig, path)
+
+
 class PlainLogFormatter(LogFormatter):
     """Log-axis labels as plain decimals (0.8, not 8e-01), thinned as matplotlib thins them."""
 

@@ -11,7 +11,7 @@ import torch  # noqa: E402
 from matplotlib.collections import EllipseCollection  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
-from .config import POS  # noqa: E402
+from .config import MASS, POS  # noqa: E402
 from .files import atomic_path  # noqa: E402
 
 DPI = 100
@@ -26,11 +26,12 @@ def _frame_label(frame, total):
     return f"frame {frame + 1} / {total}   (rollout step {frame + 1 - START_FRAMES})"
 
 
-def _figure(titles, world, num_balls):
-    """The static figure: one axes per panel with its title and the box, sized so that the pixel
-    dimensions are multiples of 16 (H.264 macroblocks; imageio would otherwise rescale, with a warning).
-    Returns the figure, one ball collection per panel and the frame counter, the last two animated."""
-    w, h, r = world["width"], world["height"], world["radius"]
+def _figure(titles, world, num_balls, blocks):
+    """The static figure: one axes per panel with its title, the box and the blocks (centres [K, 2] px),
+    sized so that the pixel dimensions are multiples of 16 (H.264 macroblocks; imageio would otherwise
+    rescale, with a warning). Returns the figure, one ball collection per panel and the frame counter,
+    the last two animated."""
+    w, h, r, side = world["width"], world["height"], world["radius"], world.get("block_size", 0)
     margin = r / 2  # a little room around the box, so a ball a model pushes through a wall stays visible
     box_w = PANEL_PX - 2 * PAD_PX
     box_h = round(box_w * (h + 2 * margin) / (w + 2 * margin))
@@ -46,6 +47,8 @@ def _figure(titles, world, num_balls):
         ax.set_axis_off()
         ax.set_title(title, fontsize=14)
         ax.add_patch(Rectangle((0, 0), w, h, fill=False, linewidth=2, edgecolor="black"))
+        for x, y in blocks:
+            ax.add_patch(Rectangle((x - side / 2, y - side / 2), side, side, facecolor="dimgray", edgecolor="none"))
         # Sized in data units (units="xy"), so the balls are to scale; one set_offsets moves them all.
         balls.append(ax.add_collection(EllipseCollection(
             2 * r, 2 * r, 0, units="xy", offsets=np.zeros((num_balls, 2)), offset_transform=ax.transData,
@@ -58,16 +61,18 @@ def render_triple(panels, meta, path, fps=30):
     """panels {title: normalized states [T, N, 5]} -> an mp4 at `path`, the panels side by side in order.
 
     The first START_FRAMES frames are labelled as the true start that all panels share. Ball i has the
-    same colour in every panel. Written atomically; H.264 in yuv420p, which browsers and ordinary
+    same colour in every panel; blocks are drawn grey, padding not at all. Written atomically; H.264 in yuv420p, which browsers and ordinary
     players open.
     """
     states = list(panels.values())
     if len({tuple(s.shape[:2]) for s in states}) != 1:
         raise ValueError(f"panels differ in frames or balls: {[tuple(s.shape) for s in states]}")
     scale = torch.tensor(meta["state_scale"][POS], dtype=torch.float32)
-    positions = [(s[..., POS].float().cpu() * scale).numpy() for s in states]  # each [T, N, 2], px
+    mass = states[0][0, :, MASS].cpu()  # [N]: > 0 ball, 0 block, PAD_MASS padding
+    positions = [(s[:, mass > 0, POS].float().cpu() * scale).numpy() for s in states]  # each [T, balls, 2], px
+    blocks = (states[0][0, mass == 0, POS].float().cpu() * scale).numpy()  # [K, 2] px
     total, num_balls = positions[0].shape[:2]
-    fig, balls, counter = _figure(list(panels), meta["world"], num_balls)
+    fig, balls, counter = _figure(list(panels), meta["world"], num_balls, blocks)
     try:
         # Blitting: the titles and boxes are drawn once; each frame restores that background and
         # draws only the balls and the counter, instead of laying out the whole figure again.

@@ -84,11 +84,29 @@ def compare(models, scenes, steps):
 def results_markdown(table, steps, test_mse):
     """The README's results table: metrics at `steps` for each model, plus one-step test MSE {model: mse}."""
     head = ["model"] + [f"cos@{s}" for s in steps] + [f"rel.err@{s} mean / median" for s in steps]
-    lines = ["| " + " | ".join(head + ["1-step test MSE"]) + " |", "|" + "---|" * (len(head) + 1)]
+    lines = []
     for name, rows in table.groupby("model", sort=False):
         at = rows.set_index("step").loc[list(steps)]
         cells = [name.replace("_", " ")] + [f"{c:.3f}" for c in at.cosine_similarity]
         cells += [f"{m:.3f} / {d:.3f}" for m, d in zip(at.relative_magnitude_error,
                                                        at.relative_magnitude_error_median)]
-        lines.append("| " + " | ".join(cells + [f"{test_mse[name]:.2e}"]) + " |")
-    return "\n".join(lines) + "\n"
+        lines.append(cells + [f"{test_mse[name]:.2e}"])
+    return markdown_table(head + ["1-step test MSE"], lines)
+
+
+def markdown_table(head, rows):
+    """A Markdown table from column names and rows of cell strings."""
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return "\n".join(lines + ["| " + " | ".join(cells) + " |" for cells in rows]) + "\n"
+
+
+def generalization_markdown(table, steps):
+    """compare() rows with a world column -> a Markdown table: per world and model, cosine similarity
+    and mean relative magnitude error at `steps`."""
+    head = ["world", "model"] + [f"cos@{s}" for s in steps] + [f"rel.err@{s}" for s in steps]
+    lines = []
+    for (world, model), rows in table.groupby(["world", "model"], sort=False):
+        at = rows.set_index("step").loc[list(steps)]
+        cells = [world, model.replace("_", " ")] + [f"{c:.3f}" for c in at.cosine_similarity]
+        lines.append(cells + [f"{r:.3f}" for r in at.relative_magnitude_error])
+    return markdown_table(head, lines)

@@ -110,6 +110,17 @@ BAD_INPUTS = {  # case: (script, flags); {names} are paths filled in by the `inp
                                   "--classic_csv {classic} --modern_csv {classic} --out_png {out}/p.png"),
     "--num_scenes 0": ("generate_dataset_4ball.py", f"{GENERATE} --num_scenes 0"),
     "--num_scenes 2 (fewer than the splits)": ("generate_dataset_4ball.py", f"{GENERATE} --num_scenes 2"),
+    "--num_balls 3,0": ("generate_dataset_4ball.py", f"{GENERATE} --num_scenes 3 --num_balls 3,0"),
+    "--layout X": ("generate_dataset_4ball.py", f"{GENERATE} --num_scenes 3 --layout O,X"),
+    "--masses 1,1": ("generate_dataset_4ball.py", f"{GENERATE} --num_scenes 3 --masses 1,1"),
+    "more balls than fit the box": ("generate_dataset_4ball.py", f"{GENERATE} --num_scenes 3 --num_balls 40"),
+    "generalization: missing checkpoint":
+        ("evaluate_generalization.py", "--ckpts {classic} {missing}/c.pt --out_png {out}/g.png"),
+    "generalization: --layout Q": ("evaluate_generalization.py", "--ckpts {classic} --layout Q --out_png {out}/g.png"),
+    "mass inference: checkpoint trained with one mass":
+        ("infer_mass.py", "--ckpts {classic} --num_scenes 3 --out_csv {out}/m.csv"),
+    "mass inference: --observe_frames 2":
+        ("infer_mass.py", "--ckpts {classic} --observe_frames 2 --out_csv {out}/m.csv"),
     "--out_prefix under a file":
         ("generate_dataset_4ball.py", "--workers 1 --num_scenes 3 --out_prefix {random_bytes}/p"),
 }

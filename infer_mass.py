@@ -1,0 +1,61 @@
+"""Infer the mass of one ball from watching it, as in the paper: in fresh scenes, ball 0's mass is
+hidden; each mass of the training world is tried in each model, and the one whose one-step predicted
+velocities match the observed ones best is the guess. Accuracy is counted over the scenes in which
+ball 0 collides with another ball (the only ones that carry information about its mass)."""
+from pathlib import Path
+
+import pandas as pd
+
+from npe.checkpoint import load_models
+from npe.cli import NPEError, Parser, nonnegative_int, positive_int, run_cli
+from npe.config import MASS, World
+from npe.data import add_world_flags, scene_frames, test_worlds
+from npe.files import save_text
+from npe.mass import collides, infer_mass
+from npe.rollout import markdown_table
+
+UNKNOWN = 0  # the ball whose mass is hidden
+
+
+def main():
+    p = Parser(description=__doc__)
+    p.add_argument("--ckpts", type=Path, nargs="+", required=True,
+                   help="checkpoints trained with several masses (generate_dataset_4ball.py --masses), one world")
+    add_world_flags(p, "to observe")
+    p.add_argument("--num_scenes", type=positive_int, default=500, help="fresh scenes per world")
+    p.add_argument("--observe_frames", type=positive_int, default=30, help="frames observed per scene (3 or more)")
+    p.add_argument("--seed", type=nonnegative_int, default=4000, help="seed of the fresh scenes (not a training seed)")
+    p.add_argument("--out_csv", type=Path, default=Path("figs/mass_inference.csv"),
+                   help="table of results; a Markdown copy is written beside it")
+    args = p.parse_args()
+    if args.observe_frames < 3:
+        raise NPEError(f"--observe_frames must be 3 or more (one window of t-1, t, t+1), got {args.observe_frames}")
+    models, meta = load_models(args.ckpts)
+    world = World.from_dict(meta["world"])
+    if len(world.masses) < 2:
+        raise NPEError(f"{args.ckpts[0]} was trained with one mass ({world.masses[0]:g}): there is nothing to "
+                       f"infer; train on data made with --masses, e.g. 1,5,25")
+    # Two radii, plus the farthest two balls can move apart in one frame.
+    reach = (2 * world.radius + 2 * world.max_speed * world.dt) / meta["state_scale"][0]
+    rows = []
+    for label, changes in test_worlds(args, meta).items():
+        scenes = scene_frames(meta, args.seed, args.num_scenes, args.observe_frames, **changes)
+        hit = collides(scenes, UNKNOWN, reach)
+        if not hit.any():
+            raise NPEError(f"{label}: ball {UNKNOWN} collides with no other ball in {args.num_scenes} scenes of "
+                           f"{args.observe_frames} frames; use more --num_scenes or --observe_frames")
+        truth = scenes[hit, 0, UNKNOWN, MASS]
+        for name, model in models.items():
+            guess = infer_mass(model, scenes[hit], UNKNOWN, world.masses)
+            rows.append({"world": label, "model": name, "collision_scenes": int(hit.sum()),
+                         "accuracy": (guess == truth).float().mean().item(), "chance": 1 / len(world.masses)})
+    table = pd.DataFrame(rows)
+    save_text(table.to_csv(index=False), args.out_csv)
+    markdown = markdown_table(list(table), [[f"{v:.3f}" if isinstance(v, float) else str(v) for v in row]
+                                            for row in table.itertuples(index=False)])
+    save_text(markdown, args.out_csv.with_suffix(".md"))
+    print(markdown + f"wrote {args.out_csv} and {args.out_csv.with_suffix('.md')}")
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,54 @@
+"""Mass inference: with the physics itself as the model, the true mass wins on collision scenes."""
+import numpy as np
+import pytest
+import torch
+
+from npe.config import MASS, POS, VEL, World, state_scale
+from npe.data import normalize
+from npe.mass import collides, infer_mass, mass_errors
+from npe.rollout import ConstantVelocity
+from npe.sim import _space, simulate_scenes
+
+WORLD = World(masses=(1.0, 5.0, 25.0))
+SCALE = torch.tensor(state_scale())
+REACH = (2 * WORLD.radius + 2 * WORLD.max_speed * WORLD.dt) / state_scale()[0]
+
+
+class Simulator:
+    """The physics as a model: each ball's velocity one frame after t, simulated by pymunk from the
+    state at t with the masses written in the frames."""
+
+    def __call__(self, frames):  # [B, 2, N, 5] normalized -> [B, N, 2]
+        out = torch.zeros(frames.shape[0], frames.shape[2], 2)
+        for b, state in enumerate((frames[:, 1] * SCALE).double().numpy()):
+            space, bodies = _space(WORLD, state[:, POS], state[:, VEL], state[:, MASS], WORLD.blocks("O"))
+            for _ in range(WORLD.substeps):
+                space.step(WORLD.dt / WORLD.substeps)
+            out[b] = torch.tensor([tuple(body.velocity) for body in bodies]) / SCALE[VEL]
+        return out
+
+
+@pytest.fixture(scope="module")
+def scenes():
+    return normalize(simulate_scenes(WORLD, seed=11, start=0, stop=60, workers=1, num_frames=12, progress=False))
+
+
+def test_collision_scenes_are_those_where_the_ball_meets_another(scenes):
+    hit = collides(scenes, 0, REACH)
+    assert 5 < hit.sum() < len(scenes)  # some do, some don't
+    gap = (scenes[:, :, 1:, POS] - scenes[:, :, :1, POS]).norm(dim=-1).amin(dim=(1, 2))  # [S]
+    assert torch.all(gap[~hit] > 2 * WORLD.radius / state_scale()[0] * 0.999)  # no overlap missed
+
+
+def test_the_true_mass_wins_when_the_model_is_the_physics(scenes):
+    hit = collides(scenes, 0, REACH)
+    truth = scenes[hit, 0, 0, MASS]
+    guess = infer_mass(Simulator(), scenes[hit], 0, WORLD.masses)
+    assert len(set(truth.tolist())) == 3  # every hypothesis is the right answer somewhere
+    assert (guess == truth).float().mean() >= 0.9
+
+
+def test_a_model_blind_to_mass_cannot_tell_the_hypotheses_apart(scenes):
+    errors = mass_errors(ConstantVelocity(0.0), scenes[:5], 0, WORLD.masses)  # [5, 3]
+    assert errors.shape == (5, 3)
+    assert torch.all(errors == errors[:, :1])
