@@ -3,6 +3,8 @@ and the baselines and experiment scripts end to end on a tiny world of 2-3 balls
 layouts O and I."""
 import csv
 
+import imageio
+import numpy as np
 import pytest
 import torch
 
@@ -11,6 +13,7 @@ from npe.checkpoint import load_model, model_geometry
 from npe.config import MASS, VEL, World, state_scale
 from npe.data import normalize, scenes_to_windows
 from npe.models import build_model
+from npe.render import render_triple
 from npe.rollout import rollout, velocity_metrics
 from npe.sim import simulate_scenes
 from npe.train import loss_fn
@@ -107,3 +110,17 @@ def test_mass_inference_script_scores_each_model_on_collision_scenes(script, tra
     assert [r["model"] for r in rows] == ["npe_classic", "np_baseline", "lstm_baseline"]
     for r in rows:
         assert 0 < int(r["collision_scenes"]) < 40 and 0 <= float(r["accuracy"]) <= 1 and float(r["chance"]) == 0.5
+
+
+def grey_fraction(path):
+    """Fraction of the first video frame's pixels in the blocks' grey."""
+    frame = imageio.v2.get_reader(path).get_data(0).astype(int)  # [H, W, 3]
+    return (np.abs(frame - 105).max(-1) < 20).mean()
+
+
+def test_videos_draw_the_blocks(scenes, tmp_path):
+    meta = {"world": WORLD.to_dict(), "state_scale": state_scale()}
+    blocks = (scenes[:, 0, :, MASS] == 0).any(1)  # [S]: scenes in the U
+    for name, s in [("u", int(blocks.nonzero()[0])), ("o", int((~blocks).nonzero()[0]))]:
+        render_triple({"a": scenes[s], "b": scenes[s]}, meta, tmp_path / f"{name}.mp4")
+    assert grey_fraction(tmp_path / "u.mp4") > 0.02 > 0.001 > grey_fraction(tmp_path / "o.mp4")
