@@ -1,6 +1,6 @@
 """Simulate balls bouncing in a box and write 3-frame windows (t-1, t, t+1) split by scene."""
 from npe.cli import Parser, nonnegative_int, positive_int, run_cli
-from npe.data import generate_dataset
+from npe.data import generate_dataset, shard_path
 
 
 def main():
@@ -10,8 +10,17 @@ def main():
                    help="writes PREFIX_{train,val,test}.pt and PREFIX_meta.json (folders are created)")
     p.add_argument("--seed", type=nonnegative_int, default=0, help="scene i is simulated from (seed, i)")
     p.add_argument("--workers", type=positive_int, default=None, help="simulation processes (default: all cores)")
+    p.add_argument("--shard", type=nonnegative_int, default=0,
+                   help="with --num_shards: simulate only this part of the scenes (0 to num_shards - 1)")
+    p.add_argument("--num_shards", type=positive_int, default=1,
+                   help="split the scenes into this many parts, one per run, to merge with merge_dataset_shards.py")
     args = p.parse_args()
-    meta = generate_dataset(args.out_prefix, args.num_scenes, args.seed, args.workers)
+    meta = generate_dataset(args.out_prefix, args.num_scenes, args.seed, args.workers,
+                            shard=args.shard, num_shards=args.num_shards)
+    if args.num_shards > 1:
+        print(f"wrote {shard_path(args.out_prefix, args.shard, args.num_shards)}; when all {args.num_shards} are "
+              f"written, run merge_dataset_shards.py --out_prefix {args.out_prefix}")
+        return
     print(f"wrote {args.out_prefix}_{{train,val,test}}.pt and _meta.json: scenes {meta['scenes']}, "
           f"windows {meta['windows']}, {meta['generation_seconds']} s")
 
