@@ -113,7 +113,7 @@ def write_dataset(out_prefix, windows, meta):
 
 def _without_time(meta):
     """Metadata as compared between shards: all but the time each took."""
-    return {k: v for k, v in (meta or {}).items() if k != "generation_seconds"}
+    return {k: v for k, v in meta.items() if k != "generation_seconds"}
 
 
 def merge_shards(out_prefix):
@@ -130,17 +130,18 @@ def merge_shards(out_prefix):
     if len(found) > 1:
         raise NPEError(f"{prefix}_shard*of*.pt mixes runs of {' and '.join(map(str, sorted(found)))} shards; "
                        f"remove the stale ones")
-    (num_shards, indices), = found.items()
+    [(num_shards, indices)] = found.items()
     if missing := sorted(set(range(num_shards)) - indices):
         raise NPEError(f"shards {', '.join(map(str, missing))} of {num_shards} are missing for {prefix} "
                        f"({SHARD_HINT})")
     paths = [shard_path(prefix, i, num_shards) for i in range(num_shards)]
     parts = [load_torch(path, "dataset shard", SHARD_HINT) for path in paths]
-    reference = _without_time(parts[0].get("meta") if isinstance(parts[0], dict) else None)
     for i, (path, part) in enumerate(zip(paths, parts)):
         if not (isinstance(part, dict) and part.get("shard") == i and part.get("num_shards") == num_shards
                 and isinstance(part.get("meta"), dict) and isinstance(part.get("windows"), dict)):
             raise NPEError(f"{path} is not shard {i} of {num_shards} of a dataset ({SHARD_HINT})")
+    reference = _without_time(parts[0]["meta"])
+    for path, part in zip(paths[1:], parts[1:]):
         mine = _without_time(part["meta"])
         if differ := sorted(k for k in mine.keys() | reference.keys() if mine.get(k) != reference.get(k)):
             key = differ[0]

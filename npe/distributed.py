@@ -40,11 +40,12 @@ def process_group(device):
     if int(os.environ.get("WORLD_SIZE", "1")) == 1:
         yield device
         return
-    if device.type == "cuda":
+    cuda = device.type == "cuda"
+    if cuda:
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
         torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    _host_group = dist.new_group(backend="gloo") if device.type == "cuda" else dist.group.WORLD
+    dist.init_process_group("nccl" if cuda else "gloo", device_id=device if cuda else None)
+    _host_group = dist.new_group(backend="gloo") if cuda else dist.group.WORLD
     try:
         with open(os.devnull, "w") as devnull, \
                 (contextlib.redirect_stdout(devnull) if rank() else contextlib.nullcontext()):
