@@ -45,7 +45,7 @@ def process_group(device):
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if cuda else "gloo", device_id=device if cuda else None)
-    _host_group = dist.new_group(backend="gloo") if cuda else dist.group.WORLD
+    _host_group = dist.new_group(backend="gloo")
     try:
         with open(os.devnull, "w") as devnull, \
                 (contextlib.redirect_stdout(devnull) if rank() else contextlib.nullcontext()):
@@ -114,7 +114,7 @@ def seed_per_rank(seed, step):
     """Ranks other than 0 reseed torch's generator (dropout) from (seed, rank, step), so that their dropout
     masks differ from rank 0's, which keeps the generator a single process would have."""
     if rank():
-        torch.manual_seed(hash((seed, rank(), step)))
+        torch.manual_seed(hash((seed, rank(), step)))  # hashes of ints are the same in every process
 
 
 class Vote:
