@@ -5,7 +5,7 @@ the worlds of its other experiments, each scene drawing its number of balls, its
 ball's mass from the given sets."""
 from npe.cli import Parser, list_of, nonnegative_int, positive_float, positive_int, run_cli
 from npe.config import LAYOUTS, World
-from npe.data import generate_dataset
+from npe.data import generate_dataset, shard_path
 
 
 def main():
@@ -22,9 +22,18 @@ def main():
     p.add_argument("--layout", type=list_of(str, LAYOUTS), default="O",
                    help=f"obstacle layout per scene, or a set to draw from: {', '.join(LAYOUTS)} "
                         "(O: plain box; see the README)")
+    p.add_argument("--shard", type=nonnegative_int, default=0,
+                   help="with --num_shards: simulate only this part of the scenes (0 to num_shards - 1)")
+    p.add_argument("--num_shards", type=positive_int, default=1,
+                   help="split the scenes into this many parts, one per run, to merge with merge_dataset_shards.py")
     args = p.parse_args()
     world = World(num_balls=args.num_balls, masses=args.masses, layouts=args.layout)
-    meta = generate_dataset(args.out_prefix, args.num_scenes, args.seed, args.workers, world)
+    meta = generate_dataset(args.out_prefix, args.num_scenes, args.seed, args.workers, world,
+                            shard=args.shard, num_shards=args.num_shards)
+    if args.num_shards > 1:
+        print(f"wrote {shard_path(args.out_prefix, args.shard, args.num_shards)}; when all {args.num_shards} are "
+              f"written, run merge_dataset_shards.py --out_prefix {args.out_prefix}")
+        return
     print(f"wrote {args.out_prefix}_{{train,val,test}}.pt and _meta.json: scenes {meta['scenes']}, "
           f"windows {meta['windows']}, {meta['num_objects']} objects per window, {meta['generation_seconds']} s")
 

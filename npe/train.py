@@ -1,6 +1,7 @@
 """One training loop for both models: the dataset lives on the training device, shuffled batches
 are drawn by index, validation runs on the whole val split, and a metrics CSV and a resumable
-checkpoint are (re)written atomically at every evaluation, every --save_every steps and on a stop."""
+checkpoint are (re)written atomically at every evaluation, every --save_every steps and on a stop.
+Under torchrun, each process trains on its share of every batch (npe/distributed.py)."""
 import math
 import signal
 import time
@@ -9,6 +10,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from . import distributed
 from .checkpoint import load_checkpoint, model_geometry, save_checkpoint
 from .cli import Interrupted, NPEError, Parser, fraction, nonnegative_float, positive_float, positive_int
 from .config import MASS, VEL
@@ -31,8 +33,9 @@ RECIPES = {
                    optimizer="adamw", lr=1e-3, weight_decay=1e-4, schedule="cosine", warmup_frac=0.02,
                    max_grad_norm=1.0, noise_std=0.0),
 }
-# Flags that shape a run: --resume refuses to continue a run with different ones.
-RESUME_FLAGS = ["model", "slots", "batch_size", "total_samples", "optimizer", "lr", "weight_decay", "schedule", "warmup_frac",
+# Flags that shape a run: --resume refuses to continue a run with different ones. The batch is checked
+# as the effective batch (--batch_size x processes), so a run may resume on another number of processes.
+RESUME_FLAGS = ["model", "slots", "total_samples", "optimizer", "lr", "weight_decay", "schedule", "warmup_frac",
                 "max_grad_norm", "noise_std", "seed", *MODEL_FLAGS["modern"]]
 
 
@@ -45,7 +48,8 @@ def train_parser(kind, description):
     p.add_argument("--name", default=None, help=f"run name: checkpoint is CKPT_DIR/NAME.pt (default: {names})")
     p.add_argument("--ckpt_dir", type=Path, default=Path("checkpoints"), help="folder for the checkpoint")
     p.add_argument("--metrics_csv", type=Path, default=None, help="metrics CSV (default: logs/NAME.csv)")
-    p.add_argument("--batch_size", type=positive_int, help="windows per step")
+    p.add_argument("--batch_size", type=positive_int,
+                   help="windows per step and process (under torchrun the effective batch is this x processes)")
     p.add_argument("--total_samples", type=positive_int, help="windows to train on in all (steps = this / batch)")
     p.add_argument("--eval_every", type=positive_int, help="steps between validations (each also saves)")
     p.add_argument("--save_every", type=positive_int, default=1000,
@@ -143,15 +147,24 @@ def write_csv(rows, path):
 
 
 class StopSignals:
-    """While active, SIGINT (Ctrl-C) and SIGTERM only ask the loop to stop after the current step."""
+    """While active, SIGINT (Ctrl-C) and SIGTERM only ask the loop to stop after the current step.
+
+    `received` is set by agree(), once per step: under torchrun every process then stops after the same
+    step (one step after the signal), whichever of them got it.
+    """
 
     def __enter__(self):
-        self.received = None
+        self.received = self.asked = None
+        self.vote = distributed.Vote()
         self.previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
         return self
 
     def _handle(self, signum, frame):
-        self.received = signal.Signals(signum)
+        self.asked = signal.Signals(signum)
+
+    def agree(self):
+        agreed = self.vote(self.asked.value if self.asked else 0)
+        self.received = signal.Signals(agreed) if agreed else None
 
     def __exit__(self, *exc):
         for s, handler in self.previous.items():
@@ -168,26 +181,45 @@ def check_resumable(ckpt, args, meta, path):
                            f"{meta.get(key)} in {args.dataset_prefix}); resume with its --dataset_prefix")
     changed = [f"--{k} was {ckpt['args'].get(k)}, now {getattr(args, k)}" for k in RESUME_FLAGS
                if hasattr(args, k) and ckpt["args"].get(k) != getattr(args, k)]
+    saved = ckpt["args"]
+    before = saved.get("effective_batch", saved.get("batch_size"))  # runs saved before torchrun support: 1 process
+    if before != args.batch_size * distributed.world_size():
+        changed.append(f"the effective batch (--batch_size x processes) was {before} "
+                       f"({saved.get('batch_size')} x {saved.get('world_size', 1)}), now "
+                       f"{args.batch_size} x {distributed.world_size()}")
     if changed:
         raise NPEError(f"--resume continues the run in {path} with its own flags: {'; '.join(changed)}")
 
 
 def train(kind, args):
-    """Train a `kind` model with the parsed flags; returns the checkpoint path."""
+    """Train a `kind` model with the parsed flags; returns the checkpoint path.
+
+    Under torchrun every process runs this, on its own device (cuda:LOCAL_RANK) and share of each batch.
+    """
     args.name = args.name or NAMES[kind]
-    device = pick_device(args.device)
+    with distributed.process_group(pick_device(args.device)) as device:
+        return _train(kind, args, device)
+
+
+def _train(kind, args, device):
     if device.type == "cpu":
         torch.set_flush_denormal(True)  # denormal floats slowed RMSprop ~25x mid-run on CPU
     meta = load_meta(args.dataset_prefix)
     train_set = load_split(args.dataset_prefix, "train", meta).to(device)  # [W, 3, N, 5]
     val_set = load_split(args.dataset_prefix, "val", meta).to(device)
-    if args.batch_size > len(train_set):
-        raise NPEError(f"--batch_size {args.batch_size} is larger than the training split "
-                       f"({len(train_set)} windows); use a smaller batch or more scenes")
+    effective_batch = args.batch_size * distributed.world_size()  # windows per step, all processes together
+    if effective_batch > len(train_set):
+        raise NPEError(f"the effective batch {effective_batch} (--batch_size x processes) is larger than the "
+                       f"training split ({len(train_set)} windows); use a smaller batch or more scenes")
+    if len(val_set) < distributed.world_size():
+        raise NPEError(f"the val split ({len(val_set)} windows) has fewer windows than there are processes")
+    val_part = distributed.share(val_set)  # each process validates its own part
+    main = distributed.is_main()
     ckpt_path = args.ckpt_dir / f"{args.name}.pt"
     best_path = args.ckpt_dir / f"{args.name}_best.pt"
     csv_path = args.metrics_csv or Path("logs") / f"{args.name}.csv"
     saved_args = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    saved_args.update(world_size=distributed.world_size(), effective_batch=effective_batch)
     resume = None
     if args.resume:
         if not ckpt_path.is_file():
@@ -199,7 +231,7 @@ def train(kind, args):
     config = resume["config"] if resume else model_config(kind, args, meta, train_set)
     model = build_model(kind, config).to(device)
     optimizer = make_optimizer(args, model.parameters())
-    steps = math.ceil(args.total_samples / args.batch_size)
+    steps = math.ceil(args.total_samples / effective_batch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(args.schedule, int(args.warmup_frac * steps), steps))
     # Two generators, so that a resumed run can redraw the epoch's batch order from its seed state
@@ -223,16 +255,19 @@ def train(kind, args):
     else:
         state = {"step": 0, "seen": 0, "cursor": 0, "rows": [], "running": 0.0, "elapsed_s": 0.0,
                  "best_val": math.inf}
+    distributed.seed_per_rank(args.seed, state["step"])
     order, epoch_state = new_epoch()
     if args.compile:
         model.compile()  # in place, so the state dict keys stay clean
+    replicated = distributed.replicate(model)  # training steps run through this; all else uses model
     step, seen, cursor, rows = state["step"], state["seen"], state["cursor"], state["rows"]
     running = torch.tensor(state["running"], device=device)  # loss summed on the device: no sync per step
     first_bad = torch.zeros((), dtype=torch.long, device=device)  # first step with a non-finite loss
     start = time.time() - state["elapsed_s"]
 
     def save(with_eval):
-        bad = first_bad.item()
+        distributed.average_(running)
+        bad = distributed.earliest_(first_bad).item()
         kept = f"the last good checkpoint {ckpt_path} is kept" if ckpt_path.exists() else "nothing was saved"
         if bad:
             raise NPEError(f"training loss became non-finite at step {bad}; {kept} (try a lower --lr or "
@@ -242,50 +277,58 @@ def train(kind, args):
                            f"--max_grad_norm)")
         if with_eval:
             since = step - (rows[-1]["step"] if rows else 0)
-            val = evaluate(model, val_set)
+            val = distributed.weighted_mean(evaluate(model, val_part), len(val_part))
             rows.append({"step": step, "samples_seen": seen, "train_loss": f"{running.item() / since:.6g}",
                          "val_loss": f"{val:.6g}", "lr": f"{scheduler.get_last_lr()[0]:.6g}",
                          "elapsed_s": f"{time.time() - start:.2f}"})
             running.zero_()
-            write_csv(rows, csv_path)
+            if main:
+                write_csv(rows, csv_path)
             if val < state["best_val"]:
                 state["best_val"] = val
-                save_checkpoint(best_path, model, config, meta, seen, saved_args)
+                if main:
+                    save_checkpoint(best_path, model, config, meta, seen, saved_args)
         train_state = {
             "step": step, "seen": seen, "cursor": cursor, "rows": rows, "running": running.item(),
             "elapsed_s": time.time() - start, "best_val": state["best_val"], "epoch_shuffle_state": epoch_state,
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "noise_generator": noise_gen.get_state(), "torch_rng": torch.get_rng_state()}
-        save_checkpoint(ckpt_path, model, config, meta, seen, saved_args, train_state)
+        if main:
+            save_checkpoint(ckpt_path, model, config, meta, seen, saved_args, train_state)
 
     verb = f"resuming at step {step:,} of" if resume else "training for"
+    processes = f" x {distributed.world_size()} processes" if distributed.world_size() > 1 else ""
     print(f"{kind} model: {sum(p.numel() for p in model.parameters()):,} parameters, {len(train_set):,} train "
-          f"windows; {verb} {steps:,} steps of {args.batch_size} on {device}")
+          f"windows; {verb} {steps:,} steps of {args.batch_size}{processes} on {device}")
     model.train()
     session_start, first_seen = time.time(), seen
-    with StopSignals() as stop, tqdm(total=steps, initial=step, unit="step", desc=f"train {kind}") as bar:
+    with StopSignals() as stop, tqdm(total=steps, initial=step, unit="step", desc=f"train {kind}",
+                                   disable=not main) as bar:
         while step < steps:
-            if cursor + args.batch_size > len(order):
+            if cursor + effective_batch > len(order):
                 (order, epoch_state), cursor = new_epoch(), 0
-            batch = train_set[order[cursor:cursor + args.batch_size]]  # [B, 3, N, 5]
-            cursor += args.batch_size
+            batch = train_set[distributed.share(order[cursor:cursor + effective_batch])]  # [B, 3, N, 5]
+            cursor += effective_batch
             inputs = batch[:, :2]
             if args.noise_std:
-                noise = torch.randn(inputs.shape, device=device, generator=noise_gen) * args.noise_std
+                # drawn for the effective batch, so that it does not depend on the number of processes
+                noise = torch.randn((effective_batch, *inputs.shape[1:]), device=device, generator=noise_gen)
+                noise = distributed.share(noise) * args.noise_std
                 noise[..., VEL.stop:] = 0  # mass is exact
                 inputs = inputs + noise * (inputs[..., MASS:] > 0)  # blocks stay put, padding empty
-            loss = loss_fn(model, inputs, batch[:, 2, :, VEL])
+            loss = loss_fn(replicated, inputs, batch[:, 2, :, VEL])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if args.max_grad_norm:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
             optimizer.step()
             scheduler.step()
-            step, seen = step + 1, seen + len(batch)
+            step, seen = step + 1, seen + effective_batch
             running += loss.detach()
             first_bad = torch.where((first_bad == 0) & ~torch.isfinite(loss), step, first_bad)
             bar.update()
             evaluate_now = step % args.eval_every == 0 or step == steps
+            stop.agree()
             stopping = bool(stop.received) or step == args.stop_after_steps
             if evaluate_now or stopping or step % args.save_every == 0:
                 save(evaluate_now)

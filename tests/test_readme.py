@@ -1,6 +1,8 @@
-"""The README and the quickstart script use only flags that their scripts take."""
+"""The README and the quickstart script use only flags that their scripts (and torchrun) take."""
 import re
 import shlex
+import subprocess
+import sys
 
 import pytest
 
@@ -10,14 +12,17 @@ SCRIPTS = sorted(p.name for p in REPO.glob("*.py"))
 
 
 def commands(text):
-    """(script, [flags]) for each `python SCRIPT.py ...` command in text (backslash-continued lines joined)."""
+    """(script, [flags]) for each `python SCRIPT.py ...` command in text (backslash-continued lines joined),
+    and for each `torchrun --flag=value... SCRIPT.py ...` command, ("torchrun", [its flags]) and the script's."""
     text = text.replace("\\\n", " ")
     found = []
     for line in text.splitlines():
-        match = re.search(r"(?:python|\$PY)\s+(\w+\.py)\s+(.*)", line)
+        match = re.search(r"(?:python|\$PY|(torchrun)((?:\s+--\S+)*))\s+(\w+\.py)\s+(.*)", line)
         if match:
-            words = shlex.split(match.group(2).split("#")[0])
-            found.append((match.group(1), [w for w in words if w.startswith("--")]))
+            if match[1]:
+                found.append(("torchrun", [w.split("=")[0] for w in match[2].split()]))
+            words = shlex.split(match[4].split("#")[0])
+            found.append((match[3], [w for w in words if w.startswith("--")]))
     return found
 
 
@@ -26,13 +31,15 @@ QUICKSTART_COMMANDS = commands((REPO / "scripts" / "quickstart.sh").read_text())
 
 
 def test_readme_has_every_script_command():
-    assert {script for script, _ in README_COMMANDS} == set(SCRIPTS)
+    assert {script for script, _ in README_COMMANDS} - {"torchrun"} == set(SCRIPTS)
 
 
 @pytest.fixture(scope="module")
 def script_flags():
-    """{script: set of flags}, read from each script's --help."""
-    return {s: set(re.findall(r"--\w+", check(run_script(s, "--help")).stdout)) for s in SCRIPTS}
+    """{script: set of flags}, read from each script's --help, and torchrun's."""
+    torchrun = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--help"], capture_output=True, text=True)
+    return {"torchrun": set(re.findall(r"--[\w-]+", check(torchrun).stdout)),
+            **{s: set(re.findall(r"--\w+", check(run_script(s, "--help")).stdout)) for s in SCRIPTS}}
 
 
 @pytest.mark.parametrize("script,flags", README_COMMANDS + QUICKSTART_COMMANDS,
