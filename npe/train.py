@@ -69,6 +69,12 @@ def train_parser(kind, description):
     p.add_argument("--seed", type=int, default=0, help="seed for initialization and batch order")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CUDA when present")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--compile_mode", choices=["default", "reduce-overhead", "max-autotune"], default="default",
+                   help="with --compile: torch.compile's mode (reduce-overhead replays CUDA graphs, which cuts "
+                        "the launch overhead of these small MLPs on a GPU)")
+    p.add_argument("--amp", choices=["off", "bf16"], default="off",
+                   help="bf16: run the training forward pass and loss under bfloat16 autocast (validation "
+                        "stays float32)")
     p.add_argument("--no_pin_memory", action="store_true",
                    help="accepted for older commands; the dataset lives on the training device, nothing is pinned")
     if kind == "classic":
@@ -204,6 +210,9 @@ def train(kind, args):
 def _train(kind, args, device):
     if device.type == "cpu":
         torch.set_flush_denormal(True)  # denormal floats slowed RMSprop ~25x mid-run on CPU
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 tensor cores for float32 matmuls
+        torch.backends.cudnn.allow_tf32 = True
     meta = load_meta(args.dataset_prefix)
     train_set = load_split(args.dataset_prefix, "train", meta).to(device)  # [W, 3, N, 5]
     val_set = load_split(args.dataset_prefix, "val", meta).to(device)
@@ -258,7 +267,7 @@ def _train(kind, args, device):
     distributed.seed_per_rank(args.seed, state["step"])
     order, epoch_state = new_epoch()
     if args.compile:
-        model.compile()  # in place, so the state dict keys stay clean
+        model.compile(mode=args.compile_mode)  # in place, so the state dict keys stay clean
     replicated = distributed.replicate(model)  # training steps run through this; all else uses model
     step, seen, cursor, rows = state["step"], state["seen"], state["cursor"], state["rows"]
     running = torch.tensor(state["running"], device=device)  # loss summed on the device: no sync per step
@@ -316,7 +325,8 @@ def _train(kind, args, device):
                 noise = distributed.share(noise) * args.noise_std
                 noise[..., VEL.stop:] = 0  # mass is exact
                 inputs = inputs + noise * (inputs[..., MASS:] > 0)  # blocks stay put, padding empty
-            loss = loss_fn(replicated, inputs, batch[:, 2, :, VEL])
+            with torch.autocast(device.type, torch.bfloat16, enabled=args.amp == "bf16"):
+                loss = loss_fn(replicated, inputs, batch[:, 2, :, VEL])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if args.max_grad_norm:

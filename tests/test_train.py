@@ -11,22 +11,24 @@ import npe.train
 from npe import load_model
 from npe.train import CSV_COLUMNS, train, train_parser
 
-FLAGS = {  # kind: flags on top of the script's defaults; 300 steps of 32 windows, a validation every 5
-    "classic": [],  # the paper's recipe: RMSprop, lr 3e-4, constant
-    "modern": ["--lr", "3e-3", "--msg_dim", "32", "--enc_blocks", "1", "--dec_blocks", "1", "--dropout", "0.3",
-               "--warmup_frac", "0.1", "--max_grad_norm", "0"],
+MODERN = ["--lr", "3e-3", "--msg_dim", "32", "--enc_blocks", "1", "--dec_blocks", "1", "--dropout", "0.3",
+          "--warmup_frac", "0.1", "--max_grad_norm", "0"]
+RUNS = {  # name: (kind, flags on top of the script's defaults); 300 steps of 32 windows, a validation every 5
+    "classic": ("classic", []),  # the paper's recipe: RMSprop, lr 3e-4, constant
+    "modern": ("modern", MODERN),
+    "modern under bf16 autocast": ("modern", MODERN + ["--amp", "bf16"]),
 }
 BATCH, STEPS, EVAL_EVERY = 32, 300, 5
 
 
-@pytest.fixture(scope="module", params=list(FLAGS))
+@pytest.fixture(scope="module", params=list(RUNS))
 def run(request, dataset, tmp_path_factory):
     """Train one model; keep what the live model predicted (in eval mode) when it was last saved."""
-    kind, out = request.param, tmp_path_factory.mktemp(f"train_{request.param}")
+    (kind, flags), out = RUNS[request.param], tmp_path_factory.mktemp("train")
     args = train_parser(kind, "test").parse_args(
         ["--dataset_prefix", str(dataset), "--ckpt_dir", str(out), "--metrics_csv", str(out / "metrics.csv"),
          "--device", "cpu", "--name", "tiny", "--batch_size", str(BATCH), "--total_samples", str(BATCH * STEPS),
-         "--eval_every", str(EVAL_EVERY), *FLAGS[kind]])
+         "--eval_every", str(EVAL_EVERY), *flags])
     probe = torch.load(f"{dataset}_test.pt", weights_only=True)[:64, :2]  # [64, 2, N, 5]
     outputs, save = [], npe.train.save_checkpoint
 
