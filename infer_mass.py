@@ -51,8 +51,8 @@ def main():
                          "accuracy": (guess == truth).float().mean().item(), "chance": 1 / len(world.masses)})
     table = pd.DataFrame(rows)
     save_text(table.to_csv(index=False), args.out_csv)
-    markdown = markdown_table(list(table), [[f"{v:.3f}" if isinstance(v, float) else str(v) for v in row]
-                                            for row in table.itertuples(index=False)])
+    markdown = markdown_table(list(table), [[f"{v:.3f}" if isinstance(v, float) else str(v).replace("_", " ")
+                                             for v in row] for row in table.itertuples(index=False)])
     save_text(markdown, args.out_csv.with_suffix(".md"))
     print(markdown + f"wrote {args.out_csv} and {args.out_csv.with_suffix('.md')}")
 

@@ -49,9 +49,12 @@ def plot_generalization(table, path, subtitle):
         ax.set_xticks(range(len(worlds)), worlds, rotation=20, ha="right")
         ax.set(ylabel=label)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    axes[1].set_yscale("log")  # a model that blows up reaches many times the others' error
+    axes[1].yaxis.set_major_formatter(PlainLogFormatter())
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels) // 2, fontsize=8)
     fig.suptitle(f"Rollouts in each world, {subtitle}")
-    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    fig.tight_layout(rect=(0, 0.1, 1, 0.95))  # the legend below, the title above
     save_figure(fig, path)
 
 

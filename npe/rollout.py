@@ -102,11 +102,12 @@ def markdown_table(head, rows):
 
 def generalization_markdown(table, steps):
     """compare() rows with a world column -> a Markdown table: per world and model, cosine similarity
-    and mean relative magnitude error at `steps`."""
-    head = ["world", "model"] + [f"cos@{s}" for s in steps] + [f"rel.err@{s}" for s in steps]
+    and relative magnitude error (mean / median) at `steps`."""
+    head = ["world", "model"] + [f"cos@{s}" for s in steps] + [f"rel.err@{s} mean / median" for s in steps]
     lines = []
     for (world, model), rows in table.groupby(["world", "model"], sort=False):
         at = rows.set_index("step").loc[list(steps)]
         cells = [world, model.replace("_", " ")] + [f"{c:.3f}" for c in at.cosine_similarity]
-        lines.append(cells + [f"{r:.3f}" for r in at.relative_magnitude_error])
+        lines.append(cells + [f"{m:.3f} / {d:.3f}" for m, d in zip(at.relative_magnitude_error,
+                                                                    at.relative_magnitude_error_median)])
     return markdown_table(head, lines)
