@@ -6,7 +6,8 @@ same run, so that the ratios hold on a busy or shared machine even where absolut
 
 1. Training samples/s of npe.train.train with the training scripts' recipes, against a plain loop
    written the common way (a DataLoader over a Dataset of windows, shuffle=True, .to(device) per
-   batch) with the same model, loss, optimizer, gradient clipping, batch size and number of steps.
+   batch) with the same model, loss, optimizer, gradient clipping, batch size and number of steps;
+   and the modern recipe under bf16 autocast (--amp bf16) against float32.
 2. Utilization: the model's matmul FLOPs per sample (one training step, forward and backward) x
    samples/s, against a large float32 matmul on the same device.
 3. Simulation scenes/s with one worker and with every core (50,000 scenes, pool start-up included),
@@ -81,12 +82,12 @@ def quiet():
         yield
 
 
-def recipe(kind, prefix, out, device, batch_size, steps):
-    """A training script's flags, parsed, for `steps` steps on the bench's data, validating and saving only
-    at the end."""
+def recipe(kind, prefix, out, device, batch_size, steps, *extra):
+    """A training script's flags (and `extra` ones), parsed, for `steps` steps on the bench's data,
+    validating and saving only at the end."""
     flags = ["--dataset_prefix", prefix, "--ckpt_dir", out, "--metrics_csv", out / f"{kind}.csv",
              "--device", device.type, "--batch_size", batch_size, "--total_samples", steps * batch_size,
-             "--eval_every", steps + 1, "--save_every", steps + 1]
+             "--eval_every", steps + 1, "--save_every", steps + 1, *extra]
     return train_parser(kind, "bench").parse_args(list(map(str, flags)))
 
 
@@ -158,7 +159,11 @@ def measure_training(kind, prefix, meta, windows, device, sizes, seconds, out):
     reference, steps = reference_training(model, args, windows, device, seconds)
     log(f"training {kind} at batch {batch_size}: npe.train for the same {steps} steps")
     ours = our_training(kind, recipe(kind, prefix, out, device, batch_size, steps))
-    return {"batch_size": batch_size, "ours": ours, "reference": reference, "flops": flops, "model": model}
+    result = {"batch_size": batch_size, "ours": ours, "reference": reference, "flops": flops, "model": model}
+    if kind == "modern":
+        log(f"training {kind} at batch {batch_size}: npe.train under bf16 autocast, {steps} steps")
+        result["bf16"] = our_training(kind, recipe(kind, prefix, out, device, batch_size, steps, "--amp", "bf16"))
+    return result
 
 
 def matmul_peak(device, n, seconds):
@@ -248,6 +253,8 @@ def table_rows(m, device):
     rows = [row(f"train_{kind}", f"train {kind} b{t['batch_size']}: {vs_loader}", "samples/s", t["ours"],
                 t["reference"], t["ours"] / t["reference"], goal=3.0 if cpu and kind == "classic" else None)
             for kind, t in training.items()]
+    rows += [row(f"train_{kind}_bf16", f"train {kind} b{t['batch_size']}: npe.train, bf16 autocast vs float32",
+                 "samples/s", t["bf16"], t["ours"], t["bf16"] / t["ours"]) for kind, t in training.items() if "bf16" in t]
     for kind, t in training.items():
         achieved, peak = t["flops"] * t["ours"] / 1e9, m["peak"] / 1e9
         rows.append(row(f"utilization_{kind}", f"utilization {kind} b{t['batch_size']}: npe.train vs "
