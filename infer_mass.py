@@ -11,7 +11,7 @@ from npe.cli import NPEError, Parser, nonnegative_int, positive_int, run_cli
 from npe.config import MASS, World
 from npe.data import add_world_flags, scene_frames, test_worlds
 from npe.files import save_text
-from npe.mass import collides, infer_mass
+from npe.mass import collides, collision_reach, infer_mass
 from npe.rollout import markdown_table
 
 UNKNOWN = 0  # the ball whose mass is hidden
@@ -35,8 +35,7 @@ def main():
     if len(world.masses) < 2:
         raise NPEError(f"{args.ckpts[0]} was trained with one mass ({world.masses[0]:g}): there is nothing to "
                        f"infer; train on data made with --masses, e.g. 1,5,25")
-    # Two radii, plus the farthest two balls can move apart in one frame.
-    reach = (2 * world.radius + 2 * world.max_speed * world.dt) / meta["state_scale"][0]
+    reach = collision_reach(meta)
     rows = []
     for label, changes in test_worlds(args, meta).items():
         scenes = scene_frames(meta, args.seed, args.num_scenes, args.observe_frames, **changes)

@@ -2,15 +2,21 @@
 have is tried in a trained model, and the one whose predicted velocities best match what was seen wins."""
 import torch
 
-from .config import MASS, POS, VEL
+from .config import MASS, POS, VEL, World
 from .data import scenes_to_windows
+
+
+def collision_reach(meta):
+    """How near (normalized) two ball centres come in a frame next to their collision: two radii plus what
+    two balls at the world's top initial speed travel apart in one frame."""
+    world = World.from_dict(meta["world"])
+    return (2 * world.radius + 2 * world.max_speed * world.dt) / meta["state_scale"][0]
 
 
 def collides(scenes, ball, reach):
     """scenes [S, F, N, 5] normalized -> [S] bool: in a frame that a window predicts (2 onwards),
-    `ball` changes velocity while another ball's centre is within `reach` of its own (two radii plus
-    what two balls travel apart in a frame, since a collision happens between frames). Only such scenes
-    say anything about its mass."""
+    `ball` changes velocity while another ball's centre is within `reach` of its own (see
+    collision_reach). Only such scenes say anything about its mass."""
     vel = scenes[:, 1:, ball, VEL]  # [S, F - 1, 2]
     changed = (vel[:, 1:] - vel[:, :-1]).norm(dim=-1) > 1e-6  # [S, F - 2]: frames 2 .. F - 1
     others = scenes[:, 2:, :, MASS] > 0  # [S, F - 2, N]

@@ -5,13 +5,13 @@ import torch
 
 from npe.config import MASS, POS, VEL, World, state_scale
 from npe.data import normalize
-from npe.mass import collides, infer_mass, mass_errors
+from npe.mass import collides, collision_reach, infer_mass, mass_errors
 from npe.rollout import ConstantVelocity
 from npe.sim import _space, simulate_scenes
 
 WORLD = World(masses=(1.0, 5.0, 25.0))
 SCALE = torch.tensor(state_scale())
-REACH = (2 * WORLD.radius + 2 * WORLD.max_speed * WORLD.dt) / state_scale()[0]
+REACH = collision_reach({"world": WORLD.to_dict(), "state_scale": state_scale()})
 
 
 class Simulator:

@@ -1,9 +1,12 @@
-"""The shipped checkpoints load, beat the constant-velocity baseline, and the README shows their results."""
+"""The shipped checkpoints load, beat the constant-velocity baseline (the paper-experiment NPE: both baselines,
+and chance at mass inference), and the README shows their results."""
 import pytest
 
 from conftest import REPO
 from npe import load_model
+from npe.config import MASS, World
 from npe.data import scene_frames
+from npe.mass import collides, collision_reach, infer_mass
 from npe.rollout import ConstantVelocity, compare
 
 PRETRAINED = REPO / "pretrained"
@@ -25,3 +28,32 @@ def test_shipped_checkpoint_beats_constant_velocity_at_step_10(table, kind):
 def test_readme_results_table_is_the_generated_one():
     generated = (PRETRAINED / "results.md").read_text()
     assert generated.strip() in (REPO / "README.md").read_text()
+
+
+PAPER = PRETRAINED / "paper"
+
+
+@pytest.fixture(scope="module")
+def paper_models():
+    return {name: load_model(PAPER / f"{name}.pt") for name in ("npe", "np", "lstm")}
+
+
+def test_shipped_npe_beats_both_baselines_on_more_balls_than_it_was_trained_on(paper_models):
+    scenes = scene_frames(paper_models["npe"].meta, seed=4242, num_scenes=30, num_frames=12, workers=1,
+                          num_balls=(7,), layouts=("O",))
+    cos = compare(paper_models, scenes, 10).set_index(["model", "step"]).cosine_similarity
+    assert cos["npe", 10] > cos["np", 10] and cos["npe", 10] > cos["lstm", 10]
+
+
+def test_shipped_npe_infers_masses_better_than_chance(paper_models):
+    meta = paper_models["npe"].meta
+    world = World.from_dict(meta["world"])
+    scenes = scene_frames(meta, seed=4242, num_scenes=100, num_frames=20, workers=1, num_balls=(4,), layouts=("O",))
+    hit = collides(scenes, 0, collision_reach(meta))
+    guess = infer_mass(paper_models["npe"], scenes[hit], 0, world.masses)
+    assert hit.sum() > 20 and (guess == scenes[hit, 0, 0, MASS]).float().mean() > 1.5 / len(world.masses)
+
+
+@pytest.mark.parametrize("table", ["generalization_balls.md", "generalization_layouts.md", "mass_inference.md"])
+def test_readme_shows_the_paper_experiment_tables(table):
+    assert (PAPER / table).read_text().strip() in (REPO / "README.md").read_text()
