@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from npe.checkpoint import load_models
-from npe.cli import NPEError, Parser, nonnegative_int, positive_int, run_cli
+from npe.checkpoint import load_models, runnable
+from npe.cli import NPEError, Parser, positive_int, run_cli
 from npe.config import MASS, World
-from npe.data import add_world_flags, scene_frames, test_worlds
+from npe.data import add_experiment_flags, scene_frames, test_worlds
 from npe.files import save_text
 from npe.mass import collides, collision_reach, infer_mass
 from npe.rollout import markdown_table
@@ -19,12 +19,9 @@ UNKNOWN = 0  # the ball whose mass is hidden
 
 def main():
     p = Parser(description=__doc__)
-    p.add_argument("--ckpts", type=Path, nargs="+", required=True,
-                   help="checkpoints trained with several masses (generate_dataset_4ball.py --masses), one world")
-    add_world_flags(p, "to observe")
-    p.add_argument("--num_scenes", type=positive_int, default=500, help="fresh scenes per world")
+    add_experiment_flags(p, "checkpoints trained with several masses (generate_dataset_4ball.py --masses), one world",
+                         "to observe", num_scenes=500, seed=4000)
     p.add_argument("--observe_frames", type=positive_int, default=30, help="frames observed per scene (3 or more)")
-    p.add_argument("--seed", type=nonnegative_int, default=4000, help="seed of the fresh scenes (not a training seed)")
     p.add_argument("--out_csv", type=Path, default=Path("figs/mass_inference.csv"),
                    help="table of results; a Markdown copy is written beside it")
     args = p.parse_args()
@@ -44,7 +41,7 @@ def main():
             raise NPEError(f"{label}: ball {UNKNOWN} collides with no other ball in {args.num_scenes} scenes of "
                            f"{args.observe_frames} frames; use more --num_scenes or --observe_frames")
         truth = scenes[hit, 0, UNKNOWN, MASS]
-        for name, model in models.items():
+        for name, model in runnable(models, scenes.shape[2], label).items():
             guess = infer_mass(model, scenes[hit], UNKNOWN, world.masses)
             rows.append({"world": label, "model": name, "collision_scenes": int(hit.sum()),
                          "accuracy": (guess == truth).float().mean().item(), "chance": 1 / len(world.masses)})

@@ -83,6 +83,15 @@ def same_world(metas, paths):
     return metas[0]
 
 
+def runnable(models, objects, label):
+    """The models {name: model} that take scenes of `objects` objects; says which are left out (an LSTM
+    has a fixed number of input slots)."""
+    fits = {name: m for name, m in models.items() if getattr(m, "slots", objects) >= objects}
+    for name in models.keys() - fits.keys():
+        print(f"{label}: {name} skipped: it takes at most {models[name].slots} objects, these scenes have {objects}")
+    return fits
+
+
 def load_models(paths):
     """Checkpoints of any kind, trained in one world -> ({file stem: model}, that world's metadata)."""
     models = {Path(path).stem: load_model(path) for path in paths}

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from .cli import NPEError, list_of, positive_int
+from .cli import NPEError, list_of, nonnegative_int, positive_int
 from .config import LAYOUTS, SPLIT_FRACTIONS, SPLITS, STATE_DIM, WINDOW, World, state_scale
 from .files import ensure_parent, load_torch, save_text, save_torch
 from .sim import simulate_scenes
@@ -201,13 +201,18 @@ def scene_frames(meta, seed, num_scenes, num_frames, workers=None, **changes):
     return normalize(raw)
 
 
-def add_world_flags(parser, what):
-    """--num_balls and --layout: the worlds to test in, each value its own world (default: the training world)."""
+def add_experiment_flags(parser, ckpts_help, what, num_scenes, seed):
+    """The flags of the scripts that run checkpoints in fresh scenes of several worlds: --ckpts, then
+    --num_balls and --layout (each value its own world; default: the training world), --num_scenes, --seed."""
+    parser.add_argument("--ckpts", type=Path, nargs="+", required=True, help=ckpts_help)
     parser.add_argument("--num_balls", type=list_of(positive_int), default=None,
                         help=f"numbers of balls {what}, each a world of its own, e.g. 6,7,8 (default: as in training)")
     parser.add_argument("--layout", type=list_of(str, LAYOUTS), default=None,
                         help=f"obstacle layouts {what}, each a world of its own: {', '.join(LAYOUTS)} "
                              f"(default: as in training)")
+    parser.add_argument("--num_scenes", type=positive_int, default=num_scenes, help="fresh scenes per world")
+    parser.add_argument("--seed", type=nonnegative_int, default=seed,
+                        help="seed of the fresh scenes (not a training seed)")
 
 
 def test_worlds(args, meta):

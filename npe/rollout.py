@@ -44,12 +44,12 @@ def masked_mse(pred, target, moving):
 @torch.no_grad()
 def one_step_mse(model, windows, scale=1.0, chunk=16384):
     """Mean squared error of the balls' velocity at t+1 over windows [W, 3, N, 5], in units of `scale`."""
-    total, balls = 0.0, 0
+    total, balls = 0.0, 0  # squared error summed over the balls' velocity components, and ball count
     for part in windows.split(chunk):
         moving = part[:, 1, :, MASS] > 0  # [W, N]
-        total += masked_mse(model(part[:, :2]), part[:, 2, :, VEL], moving).item() * moving.sum().item()
+        total += ((model(part[:, :2]) - part[:, 2, :, VEL]).pow(2).sum(-1) * moving).sum().item()
         balls += moving.sum().item()
-    return total / balls / scale ** 2
+    return total / (2 * balls) / scale ** 2
 
 
 def velocity_metrics(pred, truth):

@@ -124,3 +124,12 @@ def test_videos_draw_the_blocks(scenes, tmp_path):
     for name, s in [("u", int(blocks.nonzero()[0])), ("o", int((~blocks).nonzero()[0]))]:
         render_triple({"a": scenes[s], "b": scenes[s]}, meta, tmp_path / f"{name}.mp4")
     assert grey_fraction(tmp_path / "u.mp4") > 0.02 > 0.001 > grey_fraction(tmp_path / "o.mp4")
+
+
+def test_mass_inference_script_leaves_out_a_model_with_too_few_slots(script, trained):
+    out, ckpts = trained
+    table = out / "mass_u" / "m.csv"
+    result = check(script("infer_mass.py", "--ckpts", *ckpts.values(), "--num_balls", 5, "--layout", "U",
+                          "--num_scenes", 30, "--observe_frames", 12, "--seed", 9, "--out_csv", table))
+    assert "lstm_baseline skipped" in result.stdout  # 5 balls and 6 blocks: one more than its 10 slots
+    assert [r["model"] for r in csv.DictReader(table.open())] == ["npe_classic", "np_baseline"]

@@ -1,5 +1,4 @@
 """Mass inference: with the physics itself as the model, the true mass wins on collision scenes."""
-import numpy as np
 import pytest
 import torch
 
