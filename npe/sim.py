@@ -168,5 +168,13 @@ def _run(fn, jobs, workers):
         yield from map(fn, jobs)
         return
     # Workers ignore Ctrl-C: the terminal sends it to them too, and only this process should handle it.
-    with mp.get_context("spawn").Pool(workers, signal.signal, (signal.SIGINT, signal.SIG_IGN)) as pool:
+    # They inherit "ignored" from this process while it starts them, so they ignore it from their first
+    # instruction on (an initializer runs only once a worker has imported this package, and a Ctrl-C
+    # before that printed a worker traceback). Starting the processes takes milliseconds.
+    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        pool = mp.get_context("spawn").Pool(workers)
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    with pool:
         yield from pool.imap(fn, jobs)
