@@ -4,8 +4,9 @@ All models take `frames` [B, 2, N, 5] (normalized states at t-1 and t) and retur
 velocity at t+1, [B, N, 2]. The network itself predicts the change of velocity divided by
 `dv_scale` (the standard deviation of that change in the training data), so its outputs are O(1);
 forward() adds it back to the velocity at t, and keeps static blocks and padding at velocity 0. The
-NPEs are dense over [B, N, N] pairs with a mask: no loops over balls, any N, and permuting the
-objects permutes the outputs. The paper's two baselines follow them: NP (no pairs) and an LSTM.
+NPEs work on all [B, N, N] pairs at once with a neighbourhood mask (no loops over balls, any N, and
+permuting the objects permutes the outputs), and encode only the pairs the mask keeps unless they run
+on a GPU (neighbourhood_sum). The paper's two baselines follow them: NP (no pairs) and an LSTM.
 """
 import torch
 from torch import nn
@@ -23,6 +24,8 @@ class NPEBase(nn.Module):
     dv_scale: std of the velocity change per frame, in normalized velocity units.
     pos_step: normalized position change per frame for a normalized velocity of 1 (vel_scale * dt / pos_scale).
     """
+
+    dense_pairs = None  # None: encode every pair on a GPU, only the kept ones elsewhere; True / False force it
 
     def __init__(self, neighborhood: float, dv_scale: float, pos_step: float):
         super().__init__()
@@ -47,6 +50,25 @@ class NPEBase(nn.Module):
         present = frames[:, 1, None, :, MASS] != PAD_MASS  # [B, 1, N]
         mask = (dist < self.neighborhood) & ~eye & present
         return focus, context, mask
+
+    def neighbourhood_sum(self, encode, f, context, mask):
+        """Each focus object's pair encodings summed over its neighbourhood: encode(f [..., D], context
+        [..., 10]) -> [..., E] is applied to pairs (focus i, context j), f [B, N, D] describes the focus
+        objects, context [B, N, N, 10] and mask [B, N, N] come from features(). Returns [B, N, E].
+
+        On a GPU every pair is encoded and the mask zeroes the others out: static shapes, no host sync
+        (so CUDA graphs can replay it). Elsewhere only the pairs inside the mask are gathered and encoded,
+        about 16% of them with 4 balls, which made a training step 1.6x (classic, batch 50) to 3x (modern,
+        batch 2048) faster on a CPU; both give the same sums, up to float rounding.
+        """
+        b, n, _ = f.shape
+        dense = f.is_cuda if self.dense_pairs is None else self.dense_pairs
+        if dense:
+            return (encode(f[:, :, None].expand(b, n, n, -1), context) * mask[..., None]).sum(dim=2)
+        batch, i, j = mask.nonzero(as_tuple=True)  # [P] each: the kept pairs
+        focus = batch * n + i  # [P]: row of each pair's focus object in [B * N]
+        encoded = encode(f.reshape(b * n, -1)[focus], context[batch, i, j])  # [P, E]
+        return encoded.new_zeros(b * n, encoded.shape[-1]).index_add_(0, focus, encoded).view(b, n, -1)
 
     def forward(self, frames):
         """frames [B, 2, N, 5] -> normalized velocity at t+1 [B, N, 2]; 0 for blocks and padding."""
@@ -82,9 +104,11 @@ class ClassicNPE(NPEBase):
     def delta(self, frames):
         focus, context, mask = self.features(frames)
         f = self.focus_in(focus)  # [B, N, 25]
-        c = self.context_in(context)  # [B, N, N, 25]
-        pairs = torch.cat([f[:, :, None].expand_as(c), c], dim=-1)  # [B, N, N, 50]
-        encoded = (self.encoder(pairs) * mask[..., None]).sum(dim=2)  # [B, N, 50]
+
+        def encode(f_pair, context_pair):  # [..., 25], [..., 10] -> [..., 50]
+            return self.encoder(torch.cat([f_pair, self.context_in(context_pair)], dim=-1))
+
+        encoded = self.neighbourhood_sum(encode, f, context, mask)  # [B, N, 50]
         return self.decoder(torch.cat([encoded, f], dim=-1))  # [B, N, 2]
 
 
@@ -121,8 +145,11 @@ class ModernNPE(NPEBase):
     def delta(self, frames):
         focus, context, mask = self.features(frames)
         f = self.focus_in(focus)  # [B, N, D]
-        pairs = f[:, :, None] + self.context_in(context)  # [B, N, N, D]: Linear of the concatenated pair
-        encoded = (self.encoder(pairs) * mask[..., None]).sum(dim=2)  # [B, N, D]
+
+        def encode(f_pair, context_pair):  # [..., D], [..., 10] -> [..., D]
+            return self.encoder(f_pair + self.context_in(context_pair))  # a Linear of the concatenated pair
+
+        encoded = self.neighbourhood_sum(encode, f, context, mask)  # [B, N, D]
         return self.decoder(self.merge(torch.cat([encoded, f], dim=-1)))  # [B, N, 2]
 
 

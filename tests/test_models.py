@@ -103,6 +103,33 @@ def test_padding_changes_nothing_and_stays_still(kind):
     assert torch.all(padded[:, 4:] == 0)
 
 
+def test_encoding_only_the_kept_pairs_gives_what_encoding_every_pair_gives(model):
+    frames = with_padding(random_frames(6, 5, torch.Generator().manual_seed(4)), 2)
+    frames[:, :, 4, 2:] = 0  # one static block
+    _, _, mask = model.features(frames)
+    assert 0 < mask.sum() < mask.numel() / 2  # some pairs are kept, most are not
+    outputs, grads = [], []
+    for dense in (True, False):
+        model.zero_grad()
+        model.dense_pairs = dense
+        out = model(frames)
+        out.pow(2).sum().backward()
+        outputs.append(out)
+        grads.append([p.grad.clone() for p in model.parameters()])
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=0, atol=1e-12)
+    for gathered, dense in zip(grads[1], grads[0]):
+        torch.testing.assert_close(gathered, dense, rtol=0, atol=1e-12)
+
+
+def test_a_batch_without_any_neighbours_runs_and_trains_the_decoder(model):
+    frames = frames_from_pixels([[100.0, 100.0], [700.0, 500.0]], [[100.0, 0.0], [0.0, -100.0]])
+    out = model(frames)
+    out.pow(2).sum().backward()
+    assert torch.isfinite(out).all()
+    assert all(p.grad is None or torch.all(p.grad == 0) for p in model.encoder.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.decoder.parameters())
+
+
 def block_frames(block_px):
     """A ball at (200, 300) px moving right and a static block (mass 0) centred at block_px."""
     frames = frames_from_pixels([[200.0, 300.0], block_px], [[200.0, 0.0], [0.0, 0.0]])
