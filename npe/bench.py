@@ -7,7 +7,8 @@ same run, so that the ratios hold on a busy or shared machine even where absolut
 1. Training samples/s of npe.train.train with the training scripts' recipes, against a plain loop
    written the common way (a DataLoader over a Dataset of windows, shuffle=True, .to(device) per
    batch) with the same model, loss, optimizer, gradient clipping, batch size and number of steps;
-   and the modern recipe under bf16 autocast (--amp bf16) against float32.
+   the modern recipe under bf16 autocast (--amp bf16) against float32; and training steps of a model
+   that encodes only the pairs inside the neighbourhood against one that encodes every pair.
 2. Utilization: the model's matmul FLOPs per sample (one training step, forward and backward) x
    samples/s, against a large float32 matmul on the same device.
 3. Simulation scenes/s with one worker and with every core (50,000 scenes, pool start-up included),
@@ -131,6 +132,27 @@ def reference_training(model, args, windows, device, seconds):
     return steps * args.batch_size / (clock(device) - start), steps
 
 
+def pair_speedup(model, args, windows, device, seconds):
+    """samples/s of training steps (batches drawn by index) with only the kept pairs encoded, and with
+    every pair encoded (models.NPEBase.neighbourhood_sum), `seconds` each."""
+    optimizer = make_optimizer(args, model.parameters())
+    windows = windows.to(device)
+    speeds = []
+    for dense in (False, True):
+        model.dense_pairs = dense
+        steps, start = 0, clock(device)
+        while clock(device) - start < seconds:
+            batch = windows[torch.randint(len(windows), (args.batch_size,), device=device)]
+            loss = loss_fn(model, batch[:, :2], batch[:, 2, :, VEL])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            steps += 1
+        speeds.append(steps * args.batch_size / (clock(device) - start))
+    model.dense_pairs = None
+    return speeds
+
+
 def our_training(kind, args):
     """samples/s of npe.train.train, by its own clock (elapsed_s in its metrics CSV)."""
     with quiet():
@@ -159,7 +181,10 @@ def measure_training(kind, prefix, meta, windows, device, sizes, seconds, out):
     reference, steps = reference_training(model, args, windows, device, seconds)
     log(f"training {kind} at batch {batch_size}: npe.train for the same {steps} steps")
     ours = our_training(kind, recipe(kind, prefix, out, device, batch_size, steps))
-    result = {"batch_size": batch_size, "ours": ours, "reference": reference, "flops": flops, "model": model}
+    log(f"training {kind} at batch {batch_size}: kept pairs, then every pair, {seconds / 4:g} s each")
+    pairs = pair_speedup(fresh_model(kind, args, meta, windows, device), args, windows, device, seconds / 4)
+    result = {"batch_size": batch_size, "ours": ours, "reference": reference, "flops": flops, "model": model,
+              "pairs": pairs}
     if kind == "modern":
         log(f"training {kind} at batch {batch_size}: npe.train under bf16 autocast, {steps} steps")
         result["bf16"] = our_training(kind, recipe(kind, prefix, out, device, batch_size, steps, "--amp", "bf16"))
@@ -253,6 +278,8 @@ def table_rows(m, device):
     rows = [row(f"train_{kind}", f"train {kind} b{t['batch_size']}: {vs_loader}", "samples/s", t["ours"],
                 t["reference"], t["ours"] / t["reference"], goal=3.0 if cpu and kind == "classic" else None)
             for kind, t in training.items()]
+    rows += [row(f"pairs_{kind}", f"train {kind} b{t['batch_size']} steps: neighbourhood pairs only vs every pair",
+                 "samples/s", *t["pairs"], t["pairs"][0] / t["pairs"][1]) for kind, t in training.items()]
     rows += [row(f"train_{kind}_bf16", f"train {kind} b{t['batch_size']}: npe.train, bf16 autocast vs float32",
                  "samples/s", t["bf16"], t["ours"], t["bf16"] / t["ours"]) for kind, t in training.items() if "bf16" in t]
     for kind, t in training.items():

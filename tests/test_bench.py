@@ -11,7 +11,7 @@ import pytest
 
 from conftest import REPO
 
-KEYS = ["train_classic", "train_modern", "train_modern_bf16", "utilization_classic", "utilization_modern", "simulate_speed",
+KEYS = ["train_classic", "train_modern", "pairs_classic", "pairs_modern", "train_modern_bf16", "utilization_classic", "utilization_modern", "simulate_speed",
         "simulate_time", "simulate_memory", "rollout_classic", "rollout_modern", "budget_classic", "budget_modern"]
 NUMBERS = ["ours", "baseline", "ratio"]
 
