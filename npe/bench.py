@@ -24,9 +24,10 @@ import io
 import json
 import os
 import platform
-import resource
+import re
 import sys
 import tempfile
+import threading
 import time
 import tracemalloc
 from dataclasses import dataclass
@@ -203,24 +204,58 @@ def matmul_peak(device, n, seconds):
     return 2 * n**3 * count / (clock(device) - start)
 
 
+class ChildrenMemory(threading.Thread):
+    """The peak of the resident memory of this process's children together, polled from /proc (Linux;
+    elsewhere it stays 0). ru_maxrss cannot tell it: a spawned worker starts as a fork of this process,
+    and Linux carries the fork's size, this whole process, across the exec into the worker's peak."""
+
+    def __init__(self, interval=0.05):
+        super().__init__(daemon=True)
+        self.interval, self.peak, self.done = interval, 0, threading.Event()
+
+    def run(self):
+        while not self.done.wait(self.interval):
+            self.peak = max(self.peak, sum(map(resident_bytes, child_pids())))
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.done.set()
+        self.join()
+
+
+def child_pids():
+    tasks = Path(f"/proc/{os.getpid()}/task")
+    return {pid for f in tasks.glob("*/children") for pid in f.read_text().split()} if tasks.is_dir() else set()
+
+
+def resident_bytes(pid):
+    try:
+        found = re.search(r"^VmRSS:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text(), re.MULTILINE)
+    except OSError:  # the process has just ended
+        return 0
+    return int(found.group(1)) * 1024 if found else 0
+
+
 def simulation(one_worker_scenes, scenes, workers, world=World()):
     """scenes/s with one worker and with `workers` (pool start-up included); peak memory of the main
-    process (beyond the output) and of the largest worker, with `workers`."""
+    process (beyond the output) and of the workers together, with `workers`."""
     log(f"simulating {one_worker_scenes:,} scenes with 1 worker, then {scenes:,} with {workers}")
     start = time.perf_counter()
     simulate_scenes(world, 0, 0, one_worker_scenes, workers=1, progress=False)
     one = time.perf_counter() - start
     tracemalloc.start()  # Python and numpy allocations of this process only, not the workers'
     start = time.perf_counter()
-    out = simulate_scenes(world, 0, 0, scenes, workers, progress=False)
+    with ChildrenMemory() as children:
+        out = simulate_scenes(world, 0, 0, scenes, workers, progress=False)
     every = time.perf_counter() - start
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    worker_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # bytes on macOS
     return {"one_worker_scenes": one_worker_scenes, "scenes": scenes, "workers": workers,
             "one": one_worker_scenes / one, "every": scenes / every,
-            "output": out.nbytes, "extra": peak - out.nbytes,
-            "worker_rss": worker_kib * (1 if sys.platform == "darwin" else 1024)}
+            "output": out.nbytes, "extra": peak - out.nbytes, "workers_rss": children.peak}
 
 
 def rollout_speed(model, frames, steps, device):
@@ -310,8 +345,9 @@ def table_rows(m, device):
 
 def table_notes(m):
     sim = m["simulation"]
-    workers = (f"the largest simulation worker peaked at {sim['worker_rss'] / MB:.0f} MB RSS" if sim["worker_rss"]
-               else "the scenes were simulated in this process")
+    workers = (f"the simulation workers together peaked at {sim['workers_rss'] / MB:.0f} MB resident (polled "
+               f"from /proc)" if sim["workers_rss"]
+               else "no simulation worker process was seen (one core, or no /proc to read)")
     return [
         "model FLOPs: matmuls of one training step (forward and backward), counted by FlopCounterMode: "
         + ", ".join(f"{kind} {t['flops'] / 1e6:.3g} MFLOP/sample" for kind, t in m["training"].items())
