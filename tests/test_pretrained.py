@@ -35,22 +35,24 @@ PAPER = PRETRAINED / "paper"
 
 @pytest.fixture(scope="module")
 def paper_models():
-    return {name: load_model(PAPER / f"{name}.pt") for name in ("npe", "np", "lstm")}
+    return {name: load_model(PAPER / f"{name}.pt") for name in ("npe", "npe_modern", "np", "lstm")}
 
 
-def test_shipped_npe_beats_both_baselines_on_more_balls_than_it_was_trained_on(paper_models):
-    scenes = scene_frames(paper_models["npe"].meta, seed=4242, num_scenes=30, num_frames=12, workers=1,
+@pytest.mark.parametrize("npe", ["npe", "npe_modern"])
+def test_shipped_npe_beats_both_baselines_on_more_balls_than_it_was_trained_on(paper_models, npe):
+    scenes = scene_frames(paper_models[npe].meta, seed=4242, num_scenes=30, num_frames=12, workers=1,
                           num_balls=(7,), layouts=("O",))
     cos = compare(paper_models, scenes, 10).set_index(["model", "step"]).cosine_similarity
-    assert cos["npe", 10] > cos["np", 10] and cos["npe", 10] > cos["lstm", 10]
+    assert cos[npe, 10] > cos["np", 10] and cos[npe, 10] > cos["lstm", 10]
 
 
-def test_shipped_npe_infers_masses_better_than_chance(paper_models):
-    meta = paper_models["npe"].meta
+@pytest.mark.parametrize("npe", ["npe", "npe_modern"])
+def test_shipped_npe_infers_masses_better_than_chance(paper_models, npe):
+    meta = paper_models[npe].meta
     world = World.from_dict(meta["world"])
     scenes = scene_frames(meta, seed=4242, num_scenes=100, num_frames=20, workers=1, num_balls=(4,), layouts=("O",))
     hit = collides(scenes, 0, collision_reach(meta))
-    guess = infer_mass(paper_models["npe"], scenes[hit], 0, world.masses)
+    guess = infer_mass(paper_models[npe], scenes[hit], 0, world.masses)
     assert hit.sum() > 20 and (guess == scenes[hit, 0, 0, MASS]).float().mean() > 1.5 / len(world.masses)
 
 
