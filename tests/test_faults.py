@@ -63,9 +63,14 @@ def is_one_error_line(lines):
 
 
 def start(script, *args, **popen):
-    """A script in its own interpreter, stdout and stderr piped."""
+    """A script in its own interpreter, stdout and stderr piped, with Ctrl-C handled as from a terminal.
+
+    A shell without job control starts a background job (`pytest &`) with SIGINT ignored, and a child
+    inherits that: Python then never raises KeyboardInterrupt, and the Ctrl-C tests would hang.
+    """
     return subprocess.Popen([sys.executable, str(REPO / script), *map(str, args)], cwd=REPO, env=CHILD_ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **popen)
 
 
 def finish(proc, timeout, kill=subprocess.Popen.kill):
