@@ -111,6 +111,16 @@ class WindowDataset(Dataset):
         return self.windows[i, :2], self.windows[i, 2, :, VEL]
 
 
+def training_step(model, optimizer, args, frames, target):
+    """One step of the recipe in `args`, written the common way: loss, backward, clipping, update."""
+    loss = loss_fn(model, frames, target)
+    optimizer.zero_grad()
+    loss.backward()
+    if args.max_grad_norm:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+    optimizer.step()
+
+
 def reference_training(model, args, windows, device, seconds):
     """samples/s and steps of the common training loop, run for `seconds` (the schedule is left out:
     it costs microseconds a step)."""
@@ -120,13 +130,7 @@ def reference_training(model, args, windows, device, seconds):
     steps, start = 0, clock(device)
     while time.perf_counter() - start < seconds:  # no sync a step: a copy from pageable memory waits anyway
         for frames, target in loader:
-            frames, target = frames.to(device), target.to(device)
-            loss = loss_fn(model, frames, target)
-            optimizer.zero_grad()
-            loss.backward()
-            if args.max_grad_norm:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-            optimizer.step()
+            training_step(model, optimizer, args, frames.to(device), target.to(device))
             steps += 1
             if time.perf_counter() - start >= seconds:
                 break
@@ -144,10 +148,7 @@ def pair_speedup(model, args, windows, device, seconds):
         steps, start = 0, clock(device)
         while clock(device) - start < seconds:
             batch = windows[torch.randint(len(windows), (args.batch_size,), device=device)]
-            loss = loss_fn(model, batch[:, :2], batch[:, 2, :, VEL])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+            training_step(model, optimizer, args, batch[:, :2], batch[:, 2, :, VEL])
             steps += 1
         speeds.append(steps * args.batch_size / (clock(device) - start))
     model.dense_pairs = None

@@ -58,8 +58,8 @@ class NPEBase(nn.Module):
 
         On a GPU every pair is encoded and the mask zeroes the others out: static shapes, no host sync
         (so CUDA graphs can replay it). Elsewhere only the pairs inside the mask are gathered and encoded,
-        about 16% of them with 4 balls, which made a training step 1.6x (classic, batch 50) to 3x (modern,
-        batch 2048) faster on a CPU; both give the same sums, up to float rounding.
+        about 16% of them with 4 balls, which made a training step 1.3x to 1.5x (classic, batch 50) and 3x
+        (modern, batch 2048) faster on a CPU (npe.bench); both give the same sums, up to float rounding.
         """
         b, n, _ = f.shape
         dense = f.is_cuda if self.dense_pairs is None else self.dense_pairs
