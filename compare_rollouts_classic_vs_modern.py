@@ -4,10 +4,11 @@ from pathlib import Path
 
 from npe.checkpoint import add_checkpoint_flags, load_classic_and_modern, same_world
 from npe.cli import NPEError, Parser, nonnegative_int, positive_int, run_cli
-from npe.data import load_meta, load_split, scene_frames
+from npe.data import load_meta, load_split, simulate
 from npe.files import save_text
 from npe.plots import plot_rollout_metrics
-from npe.rollout import ConstantVelocity, compare, one_step_mse, results_markdown
+from npe.models import one_step_loss
+from npe.rollouts import ConstantVelocity, compare, results_markdown
 
 TABLE_STEPS = (1, 5, 10, 25, 50)
 
@@ -31,13 +32,13 @@ def main():
         test_meta = load_meta(args.test_prefix)
         same_world([meta, test_meta], [args.classic_ckpt, args.test_prefix])
         test = load_split(args.test_prefix, "test", test_meta)
-    scenes = scene_frames(meta, args.seed, args.num_scenes, args.rollout_steps + 2)
+    scenes = simulate(meta, args.seed, args.num_scenes, args.rollout_steps + 2)
     named = {**models, "constant_velocity": ConstantVelocity(models["classic"].pos_step)}
     table = compare(named, scenes, args.rollout_steps)
     csv_path = args.out_png.with_suffix(".csv")
     save_text(table.to_csv(index=False), csv_path)
     if args.test_prefix:
-        mse = {name: one_step_mse(model, test) for name, model in named.items()}
+        mse = {name: one_step_loss(model, test) for name, model in named.items()}
         save_text(results_markdown(table, TABLE_STEPS, mse), args.out_png.with_suffix(".md"))
         print(f"wrote {args.out_png.with_suffix('.md')}")
     plot_rollout_metrics(table, args.out_png, f"{args.num_scenes} fresh scenes (seed {args.seed})")

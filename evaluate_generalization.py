@@ -6,11 +6,11 @@ from pathlib import Path
 import pandas as pd
 
 from npe.checkpoint import load_models, runnable
-from npe.cli import Parser, positive_int, run_cli
-from npe.data import add_experiment_flags, scene_frames, test_worlds
+from npe.cli import Parser, add_experiment_flags, experiment_worlds, positive_int, run_cli
+from npe.data import simulate
 from npe.files import save_text
 from npe.plots import plot_generalization
-from npe.rollout import ConstantVelocity, compare, generalization_markdown
+from npe.rollouts import ConstantVelocity, compare, generalization_markdown
 
 
 def main():
@@ -24,8 +24,8 @@ def main():
     models, meta = load_models(args.ckpts)
     models["constant_velocity"] = ConstantVelocity(next(iter(models.values())).pos_step)
     tables = []
-    for label, changes in test_worlds(args, meta).items():
-        scenes = scene_frames(meta, args.seed, args.num_scenes, args.rollout_steps + 2, **changes)
+    for label, changes in experiment_worlds(args, meta).items():
+        scenes = simulate(meta, args.seed, args.num_scenes, args.rollout_steps + 2, **changes)
         tables.append(compare(runnable(models, scenes.shape[2], label), scenes, args.rollout_steps).assign(world=label))
         print(f"{label}: done")
     table = pd.concat(tables, ignore_index=True)

@@ -7,12 +7,12 @@ from pathlib import Path
 import pandas as pd
 
 from npe.checkpoint import load_models, runnable
-from npe.cli import NPEError, Parser, positive_int, run_cli
+from npe.cli import NPEError, Parser, add_experiment_flags, experiment_worlds, positive_int, run_cli
 from npe.config import MASS, World
-from npe.data import add_experiment_flags, scene_frames, test_worlds
+from npe.data import simulate
 from npe.files import save_text
 from npe.mass import collides, collision_reach, infer_mass
-from npe.rollout import markdown_table
+from npe.rollouts import markdown_table
 
 UNKNOWN = 0  # the ball whose mass is hidden
 
@@ -34,8 +34,8 @@ def main():
                        f"infer; train on data made with --masses, e.g. 1,5,25")
     reach = collision_reach(meta)
     rows = []
-    for label, changes in test_worlds(args, meta).items():
-        scenes = scene_frames(meta, args.seed, args.num_scenes, args.observe_frames, **changes)
+    for label, changes in experiment_worlds(args, meta).items():
+        scenes = simulate(meta, args.seed, args.num_scenes, args.observe_frames, **changes)
         hit = collides(scenes, UNKNOWN, reach)
         if not hit.any():
             raise NPEError(f"{label}: ball {UNKNOWN} collides with no other ball in {args.num_scenes} scenes of "

@@ -7,9 +7,9 @@ from tqdm import tqdm
 
 from npe.checkpoint import add_checkpoint_flags, load_classic_and_modern
 from npe.cli import Parser, nonnegative_int, positive_float, positive_int, run_cli
-from npe.data import scene_frames
+from npe.data import simulate
 from npe.render import START_FRAMES, render_triple
-from npe.rollout import rollout
+from npe.rollouts import rollout
 
 
 def main():
@@ -25,7 +25,7 @@ def main():
     torch.set_num_threads(1)
     models, meta = load_classic_and_modern(args)
     # A scene takes milliseconds to simulate: worker processes would cost more to start than they save.
-    scenes = scene_frames(meta, args.seed, args.num_scenes, START_FRAMES + args.rollout_steps,
+    scenes = simulate(meta, args.seed, args.num_scenes, START_FRAMES + args.rollout_steps,
                           workers=1)  # [S, F, N, 5]
     start = scenes[:, :START_FRAMES]
     classic, modern = (torch.cat([start, rollout(m, start, args.rollout_steps)], dim=1)

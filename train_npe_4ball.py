@@ -6,7 +6,7 @@ from npe.train import train, train_parser
 
 def main():
     args = train_parser("classic", __doc__).parse_args()
-    train(args.model, args)
+    train(args)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from npe.train import train, train_parser
 
 def main():
     args = train_parser("modern", __doc__).parse_args()
-    train("modern", args)
+    train(args)
 
 
 if __name__ == "__main__":

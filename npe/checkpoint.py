@@ -3,21 +3,12 @@ metadata (world, dt, state_scale) and samples seen. Plain tensors and containers
 with torch.load(..., weights_only=True)."""
 from pathlib import Path
 
-from .config import CHECKPOINT_FORMAT, NEIGHBORHOOD_RADII, World
 from .cli import NPEError
+from .config import CHECKPOINT_FORMAT
 from .files import load_torch, save_torch
 from .models import MODELS, build_model
 
 TRAIN_HINT = "train one with train_npe_4ball.py or train_npe_4ball_modern.py, or fix the path"
-
-
-def model_geometry(meta):
-    """The parts of a model's config that follow from the dataset: mask radius and integration step."""
-    pos_scale, vel_scale = meta["state_scale"][0], meta["state_scale"][2]
-    return {
-        "neighborhood": NEIGHBORHOOD_RADII * meta["world"]["radius"] / pos_scale,
-        "pos_step": vel_scale * meta["dt"] / pos_scale,
-    }
 
 
 def save_checkpoint(path, model, config, meta, samples_seen, args=None, train_state=None):
@@ -41,6 +32,9 @@ def load_checkpoint(path, kind=None):
     ckpt = load_torch(path, "checkpoint", TRAIN_HINT)
     if not isinstance(ckpt, dict) or ckpt.get("kind") not in MODELS or "state_dict" not in ckpt:
         raise NPEError(f"{path} is not an NPE checkpoint ({TRAIN_HINT})")
+    if ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise NPEError(f"{path} has checkpoint format {ckpt.get('format')}, this code reads format "
+                       f"{CHECKPOINT_FORMAT}; train it again with this version")
     if kind and ckpt["kind"] != kind:
         raise NPEError(f"{path} holds a {ckpt['kind']} NPE, but a {kind} one is needed here "
                        f"(pass it with --{ckpt['kind']}_ckpt)")
@@ -48,7 +42,7 @@ def load_checkpoint(path, kind=None):
 
 
 def load_model(path, device="cpu", kind=None):
-    """The model of any checkpoint, on `device`, in eval mode."""
+    """The model of any checkpoint, on `device`, in eval mode; its dataset metadata is `model.meta`."""
     ckpt = load_checkpoint(path, kind)
     try:
         model = build_model(ckpt["kind"], ckpt["config"])
@@ -74,21 +68,24 @@ def load_classic_and_modern(args):
 
 
 def same_world(metas, paths):
-    """Checkpoints (and datasets) used side by side must share one world; returns the first metadata."""
-    first = World.from_dict(metas[0]["world"])
+    """Checkpoints (and datasets) used side by side must share one world; returns the first metadata.
+    A mismatch names each field that differs, with both values."""
+    first = metas[0]["world"]
     for path, meta in zip(paths[1:], metas[1:]):
-        if World.from_dict(meta["world"]) != first:
-            raise NPEError(f"{path} comes from another world than {paths[0]} ({meta['world']} vs "
-                           f"{metas[0]['world']}); use checkpoints and data made with the same settings")
+        world = meta["world"]
+        if differ := [k for k in sorted(first.keys() | world.keys()) if first.get(k) != world.get(k)]:
+            fields = ", ".join(f"{k} {world.get(k)} vs {first.get(k)}" for k in differ)
+            raise NPEError(f"{path} comes from another world than {paths[0]} ({fields}); use checkpoints "
+                           f"and data made with the same settings")
     return metas[0]
 
 
 def runnable(models, objects, label):
     """The models {name: model} that take scenes of `objects` objects; says which are left out (an LSTM
     has a fixed number of input slots)."""
-    fits = {name: m for name, m in models.items() if getattr(m, "slots", objects) >= objects}
+    fits = {name: m for name, m in models.items() if m.accepts(objects)}
     for name in models.keys() - fits.keys():
-        print(f"{label}: {name} skipped: it takes at most {models[name].slots} objects, these scenes have {objects}")
+        print(f"{label}: {name} skipped: it cannot take scenes of {objects} objects")
     return fits
 
 

@@ -1,8 +1,12 @@
 """What the scripts share: one exception type for every mistake a user can make, a parser whose
-errors are one line, flag types that reject nonsense, and the wrapper that exits with status 2."""
+errors are one line, flag types that reject nonsense, the experiment scripts' flags, and the wrapper
+that exits with status 2."""
 import argparse
 import math
 import sys
+from pathlib import Path
+
+from .config import LAYOUTS, World
 
 
 class NPEError(Exception):
@@ -94,3 +98,26 @@ def run_cli(main):
     except KeyboardInterrupt:  # Ctrl-C outside training; outputs are atomic, so nothing half-written stays
         print("error: interrupted; no output was left half-written", file=sys.stderr)
         sys.exit(130)
+
+
+def add_experiment_flags(parser, ckpts_help, what, num_scenes, seed):
+    """The flags of the scripts that run checkpoints in fresh scenes of several worlds: --ckpts, then
+    --num_balls and --layout (each value its own world; default: the training world), --num_scenes, --seed."""
+    parser.add_argument("--ckpts", type=Path, nargs="+", required=True, help=ckpts_help)
+    parser.add_argument("--num_balls", type=list_of(positive_int), default=None,
+                        help=f"numbers of balls {what}, each a world of its own, e.g. 6,7,8 (default: as in training)")
+    parser.add_argument("--layout", type=list_of(str, LAYOUTS), default=None,
+                        help=f"obstacle layouts {what}, each a world of its own: {', '.join(LAYOUTS)} "
+                             f"(default: as in training)")
+    parser.add_argument("--num_scenes", type=positive_int, default=num_scenes, help="fresh scenes per world")
+    parser.add_argument("--seed", type=nonnegative_int, default=seed,
+                        help="seed of the fresh scenes (not a training seed)")
+
+
+def experiment_worlds(args, meta):
+    """{label: changes to the training world} for every combination of --num_balls and --layout."""
+    world = World.from_dict(meta["world"])
+    counts = [(n,) for n in args.num_balls] if args.num_balls else [world.num_balls]
+    layouts = [(name,) for name in args.layout] if args.layout else [world.layouts]
+    return {f"{','.join(map(str, n))} balls, {','.join(lay)}": {"num_balls": n, "layouts": lay}
+            for n in counts for lay in layouts}

@@ -16,6 +16,11 @@ VEL = slice(2, 4)
 MASS = 4
 PAD_MASS = -1.0
 
+
+def is_ball(states):
+    """states [..., N, 5] (torch or numpy) -> [..., N] bool: which objects are balls (not blocks or padding)."""
+    return states[..., MASS] > 0
+
 # Obstacle layouts, after the paper: square blocks of side World.block_size, given by their centres in
 # block sides from the centre of the box, x to the right and y up.
 LAYOUTS = {
@@ -63,12 +68,7 @@ class World:
 
     @classmethod
     def from_dict(cls, world):
-        """A World from to_dict() or its JSON (lists for tuples), also the single-mass form of npe 0.1."""
-        world = dict(world)
-        if "mass" in world:
-            world["masses"] = [world.pop("mass")]
-        if isinstance(world.get("num_balls"), int):
-            world["num_balls"] = [world["num_balls"]]
+        """A World from to_dict() or its JSON (lists for tuples)."""
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in world.items()})
 
 
@@ -78,8 +78,8 @@ VELOCITY_SCALE = 500.0  # px/s, a little above the largest initial speed
 WINDOW = 3  # frames per training window: t-1, t (inputs) and t+1 (target)
 SPLITS = ("train", "val", "test")
 SPLIT_FRACTIONS = (0.70, 0.15, 0.15)
-NEIGHBORHOOD_RADII = 3.5  # context balls farther than this (centre to centre, at t) are masked out
-CHECKPOINT_FORMAT = 1
+NEIGHBOURHOOD_RADII = 3.5  # context balls farther than this (centre to centre, at t) are masked out
+CHECKPOINT_FORMAT = 2  # 2: model configs hold only their own constructor's arguments
 
 
 def state_scale():

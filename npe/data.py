@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from .cli import NPEError, list_of, nonnegative_int, positive_int
-from .config import LAYOUTS, SPLIT_FRACTIONS, SPLITS, STATE_DIM, WINDOW, World, state_scale
+from .cli import NPEError
+from .config import SPLIT_FRACTIONS, SPLITS, STATE_DIM, WINDOW, World, state_scale
 from .files import ensure_parent, load_torch, save_text, save_torch
 from .sim import simulate_scenes
 
@@ -166,7 +166,6 @@ def load_meta(prefix):
         raise NPEError(f"dataset metadata not found: {path} ({GENERATE_HINT}, or fix --dataset_prefix)")
     try:
         meta = json.loads(path.read_text())
-        meta.setdefault("num_objects", meta.get("num_balls"))  # npe 0.1 datasets: 4 balls, no blocks
         if World.from_dict(meta["world"]).num_objects != meta["num_objects"]:
             raise ValueError(f"num_objects {meta['num_objects']} does not fit its world")
         meta["state_scale"]
@@ -188,7 +187,12 @@ def load_split(prefix, split, meta):
     return windows
 
 
-def scene_frames(meta, seed, num_scenes, num_frames, workers=None, **changes):
+def load_dataset(prefix, split):
+    """The windows [W, 3, N, 5] of one split (t-1, t, t+1) of the dataset at `prefix`, checked."""
+    return load_split(prefix, split, load_meta(prefix))
+
+
+def simulate(meta, seed, num_scenes, num_frames, workers=None, **changes):
     """Fresh normalized scenes [S, num_frames, N, 5] for rollouts, in a checkpoint's world with
     `changes` to its fields (for example num_balls=(8,) to test generalization).
 
@@ -199,26 +203,3 @@ def scene_frames(meta, seed, num_scenes, num_frames, workers=None, **changes):
     world = replace(World.from_dict(meta["world"]), **changes)
     raw = simulate_scenes(world, seed, 0, num_scenes, workers, num_frames, progress=False)
     return normalize(raw)
-
-
-def add_experiment_flags(parser, ckpts_help, what, num_scenes, seed):
-    """The flags of the scripts that run checkpoints in fresh scenes of several worlds: --ckpts, then
-    --num_balls and --layout (each value its own world; default: the training world), --num_scenes, --seed."""
-    parser.add_argument("--ckpts", type=Path, nargs="+", required=True, help=ckpts_help)
-    parser.add_argument("--num_balls", type=list_of(positive_int), default=None,
-                        help=f"numbers of balls {what}, each a world of its own, e.g. 6,7,8 (default: as in training)")
-    parser.add_argument("--layout", type=list_of(str, LAYOUTS), default=None,
-                        help=f"obstacle layouts {what}, each a world of its own: {', '.join(LAYOUTS)} "
-                             f"(default: as in training)")
-    parser.add_argument("--num_scenes", type=positive_int, default=num_scenes, help="fresh scenes per world")
-    parser.add_argument("--seed", type=nonnegative_int, default=seed,
-                        help="seed of the fresh scenes (not a training seed)")
-
-
-def test_worlds(args, meta):
-    """{label: changes to the training world} for every combination of --num_balls and --layout."""
-    world = World.from_dict(meta["world"])
-    counts = [(n,) for n in args.num_balls] if args.num_balls else [world.num_balls]
-    layouts = [(name,) for name in args.layout] if args.layout else [world.layouts]
-    return {f"{','.join(map(str, n))} balls, {','.join(lay)}": {"num_balls": n, "layouts": lay}
-            for n in counts for lay in layouts}

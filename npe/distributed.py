@@ -55,18 +55,6 @@ def process_group(device):
         dist.destroy_process_group()
 
 
-class _Replicated(DistributedDataParallel):
-    """DDP whose other attributes (the model's dv_scale) read through to the model it wraps."""
-
-    def __getattr__(self, name):
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            if name == "module":
-                raise
-            return getattr(self.module, name)
-
-
 def replicate(model):
     """The module to run training steps through: DDP around `model`, or `model` itself in one process.
 
@@ -75,7 +63,7 @@ def replicate(model):
     if not dist.is_initialized():
         return model
     device = next(model.parameters()).device
-    return _Replicated(model, device_ids=[device] if device.type == "cuda" else None)
+    return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
 
 
 def share(tensor):

@@ -2,8 +2,9 @@
 have is tried in a trained model, and the one whose predicted velocities best match what was seen wins."""
 import torch
 
-from .config import MASS, POS, VEL, World
+from .config import MASS, POS, VEL, World, is_ball
 from .data import scenes_to_windows
+from .models import velocity_errors
 
 
 def collision_reach(meta):
@@ -19,7 +20,7 @@ def collides(scenes, ball, reach):
     collision_reach). Only such scenes say anything about its mass."""
     vel = scenes[:, 1:, ball, VEL]  # [S, F - 1, 2]
     changed = (vel[:, 1:] - vel[:, :-1]).norm(dim=-1) > 1e-6  # [S, F - 2]: frames 2 .. F - 1
-    others = scenes[:, 2:, :, MASS] > 0  # [S, F - 2, N]
+    others = is_ball(scenes[:, 2:])  # [S, F - 2, N]
     others[..., ball] = False
     dist = (scenes[:, 2:, :, POS] - scenes[:, 2:, ball, None, POS]).norm(dim=-1)  # [S, F - 2, N]
     return (changed & ((dist < reach) & others).any(-1)).any(1)
@@ -27,17 +28,16 @@ def collides(scenes, ball, reach):
 
 @torch.no_grad()
 def mass_errors(model, scenes, ball, hypotheses):
-    """scenes [S, F, N, 5] -> [S, H]: one-step velocity MSE of all balls over each scene's windows,
-    with `ball`'s mass set to each of the H hypotheses in the model's inputs."""
+    """scenes [S, F, N, 5] -> [S, H]: the one-step loss of all balls over each scene's windows, with
+    `ball`'s mass set to each of the H hypotheses in the model's inputs."""
     s, f = scenes.shape[:2]
     windows = scenes_to_windows(scenes)  # [S * (F - 2), 3, N, 5], scene by scene
-    moving = windows[:, 1, :, MASS] > 0  # [W, N]
     errors = []
     for mass in hypotheses:
         frames = windows[:, :2].clone()
         frames[:, :, ball, MASS] = mass
-        squared = (model(frames) - windows[:, 2, :, VEL]).pow(2).sum(-1)  # [W, N]
-        per_window = (squared * moving).sum(-1) / moving.sum(-1)  # [W]
+        squared, balls = velocity_errors(model, frames, windows[:, 2, :, VEL])  # [W, N] each
+        per_window = squared.sum(-1) / balls.sum(-1)  # [W]
         errors.append(per_window.view(s, f - 2).mean(1))
     return torch.stack(errors, dim=1)
 

@@ -1,4 +1,5 @@
-"""The Neural Physics Engine: a pairwise encoder summed over each ball's neighbourhood, and a decoder.
+"""The Neural Physics Engine: a pairwise encoder summed over each ball's neighbourhood, and a decoder;
+the paper's two baselines, NP (no pairs) and an LSTM; and the loss they all train on.
 
 All models take `frames` [B, 2, N, 5] (normalized states at t-1 and t) and return the normalized
 velocity at t+1, [B, N, 2]. The network itself predicts the change of velocity divided by
@@ -6,30 +7,69 @@ velocity at t+1, [B, N, 2]. The network itself predicts the change of velocity d
 forward() adds it back to the velocity at t, and keeps static blocks and padding at velocity 0. The
 NPEs work on all [B, N, N] pairs at once with a neighbourhood mask (no loops over balls, any N, and
 permuting the objects permutes the outputs), and encode only the pairs the mask keeps unless they run
-on a GPU (neighbourhood_sum). The paper's two baselines follow them: NP (no pairs) and an LSTM.
+on a GPU (neighbourhood_sum).
+
+A model class is all a new kind needs: its `kind` registers it in MODELS, its constructor's defaults
+are its sizes, and `flags` names the ones a training flag of the same name sets. The arguments that
+follow from the data (neighbourhood, dv_scale, pos_step) are filled in by data_config.
 """
+import inspect
+
 import torch
 from torch import nn
 
-from .cli import NPEError
-from .config import MASS, PAD_MASS, POS, STATE_DIM, VEL
+from .cli import NPEError, fraction, positive_int
+from .config import MASS, NEIGHBOURHOOD_RADII, PAD_MASS, POS, STATE_DIM, VEL, is_ball
 
 FEATURES = 2 * STATE_DIM  # one ball over the two input frames
+MODELS = {}  # kind -> model class, filled in by each class that names a kind
 
 
-class NPEBase(nn.Module):
-    """Shared input features, neighbourhood mask and output scaling.
+class Dynamics(nn.Module):
+    """What every model shares: the output scaling, and its registration by kind.
 
-    neighborhood: mask radius in normalized position units (3.5 ball radii).
     dv_scale: std of the velocity change per frame, in normalized velocity units.
     pos_step: normalized position change per frame for a normalized velocity of 1 (vel_scale * dt / pos_scale).
     """
 
+    kind = None  # the name a checkpoint and --model use
+    run_name = None  # the training scripts' default --name
+    flags = {}  # constructor arguments set by a training flag of the same name: {name: (flag type, help)}
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "kind" in cls.__dict__:
+            MODELS[cls.kind] = cls
+
+    def __init__(self, dv_scale: float, pos_step: float):
+        super().__init__()
+        self.dv_scale, self.pos_step = dv_scale, pos_step
+
+    def accepts(self, num_objects):
+        """Whether scenes of `num_objects` objects fit this model."""
+        return True
+
+    def forward(self, frames):
+        """frames [B, 2, N, 5] -> normalized velocity at t+1 [B, N, 2]; 0 for blocks and padding."""
+        moving = is_ball(frames[:, 1])[..., None]  # [B, N, 1]
+        return (frames[:, 1, :, VEL] + self.dv_scale * self.delta(frames)) * moving
+
+    def delta(self, frames):
+        """frames [B, 2, N, 5] -> velocity change in units of dv_scale [B, N, 2]."""
+        raise NotImplementedError
+
+
+class PairwiseNPE(Dynamics):
+    """Shared input features, neighbourhood mask and pair sum of the two NPEs.
+
+    neighbourhood: mask radius in normalized position units (3.5 ball radii).
+    """
+
     dense_pairs = None  # None: encode every pair on a GPU, only the kept ones elsewhere; True / False force it
 
-    def __init__(self, neighborhood: float, dv_scale: float, pos_step: float):
-        super().__init__()
-        self.neighborhood, self.dv_scale, self.pos_step = neighborhood, dv_scale, pos_step
+    def __init__(self, neighbourhood: float, dv_scale: float, pos_step: float):
+        super().__init__(dv_scale, pos_step)
+        self.neighbourhood = neighbourhood
 
     def features(self, frames):
         """frames [B, 2, N, 5] -> focus [B, N, 10], context [B, N, N, 10], mask [B, N, N] (focus i, context j).
@@ -48,7 +88,7 @@ class NPEBase(nn.Module):
         dist = rel[:, :, :, 1].norm(dim=-1)  # [B, N, N] at time t
         eye = torch.eye(n, dtype=torch.bool, device=frames.device)
         present = frames[:, 1, None, :, MASS] != PAD_MASS  # [B, 1, N]
-        mask = (dist < self.neighborhood) & ~eye & present
+        mask = (dist < self.neighbourhood) & ~eye & present
         return focus, context, mask
 
     def neighbourhood_sum(self, encode, f, context, mask):
@@ -70,14 +110,6 @@ class NPEBase(nn.Module):
         encoded = encode(f.reshape(b * n, -1)[focus], context[batch, i, j])  # [P, E]
         return encoded.new_zeros(b * n, encoded.shape[-1]).index_add_(0, focus, encoded).view(b, n, -1)
 
-    def forward(self, frames):
-        """frames [B, 2, N, 5] -> normalized velocity at t+1 [B, N, 2]; 0 for blocks and padding."""
-        moving = frames[:, 1, :, MASS, None] > 0  # [B, N, 1]
-        return (frames[:, 1, :, VEL] + self.dv_scale * self.delta(frames)) * moving
-
-    def delta(self, frames):
-        raise NotImplementedError
-
 
 def mlp(sizes, final_activation):
     layers = []
@@ -88,14 +120,14 @@ def mlp(sizes, final_activation):
     return nn.Sequential(*layers)
 
 
-class ClassicNPE(NPEBase):
+class ClassicNPE(PairwiseNPE):
     """The paper's network: a 25-unit ReLU layer per object, a 5 x 50 ReLU pairwise encoder, the
     encodings of the neighbourhood summed, and a 5-layer, 50-unit decoder that also sees the focus."""
 
-    kind = "classic"
+    kind, run_name = "classic", "npe_classic"
 
-    def __init__(self, neighborhood, dv_scale, pos_step, object_dim=25, hidden=50, enc_layers=5, dec_layers=5):
-        super().__init__(neighborhood, dv_scale, pos_step)
+    def __init__(self, neighbourhood, dv_scale, pos_step, object_dim=25, hidden=50, enc_layers=5, dec_layers=5):
+        super().__init__(neighbourhood, dv_scale, pos_step)
         self.focus_in = mlp([FEATURES, object_dim], True)
         self.context_in = mlp([FEATURES, object_dim], True)
         self.encoder = mlp([2 * object_dim] + [hidden] * enc_layers, True)
@@ -126,14 +158,19 @@ class ResidualBlock(nn.Module):
         return x + self.net(x)
 
 
-class ModernNPE(NPEBase):
+class ModernNPE(PairwiseNPE):
     """The same encode, sum, decode structure from pre-norm residual MLP blocks."""
 
-    kind = "modern"
+    kind, run_name = "modern", "npe_modern"
+    flags = {"msg_dim": (positive_int, "width of messages and residual stream"),
+             "enc_blocks": (positive_int, "residual blocks in the pairwise encoder"),
+             "dec_blocks": (positive_int, "residual blocks in the decoder"),
+             "expansion": (positive_int, "MLP hidden width = msg_dim x expansion"),
+             "dropout": (fraction, "dropout inside residual blocks")}
 
-    def __init__(self, neighborhood, dv_scale, pos_step, msg_dim=96, enc_blocks=3, dec_blocks=3,
+    def __init__(self, neighbourhood, dv_scale, pos_step, msg_dim=96, enc_blocks=3, dec_blocks=3,
                  expansion=2, dropout=0.0):
-        super().__init__(neighborhood, dv_scale, pos_step)
+        super().__init__(neighbourhood, dv_scale, pos_step)
         self.focus_in = nn.Linear(FEATURES, msg_dim)
         self.context_in = nn.Linear(FEATURES, msg_dim)
         self.encoder = nn.Sequential(*[ResidualBlock(msg_dim, expansion, dropout) for _ in range(enc_blocks)],
@@ -153,14 +190,14 @@ class ModernNPE(NPEBase):
         return self.decoder(self.merge(torch.cat([encoded, f], dim=-1)))  # [B, N, 2]
 
 
-class NoPairwise(NPEBase):
+class NoPairwise(Dynamics):
     """The paper's NP baseline: the classic NPE without its pairwise encoder, so each ball's next
     velocity follows from its own two states alone (walls, but no collisions, can be learned)."""
 
-    kind = "np"
+    kind, run_name = "np", "np_baseline"
 
-    def __init__(self, neighborhood, dv_scale, pos_step, object_dim=25, hidden=50, dec_layers=5):
-        super().__init__(neighborhood, dv_scale, pos_step)
+    def __init__(self, dv_scale, pos_step, object_dim=25, hidden=50, dec_layers=5):
+        super().__init__(dv_scale, pos_step)
         self.focus_in = mlp([FEATURES, object_dim], True)
         self.decoder = mlp([object_dim] + [hidden] * (dec_layers - 1) + [2], False)
 
@@ -170,19 +207,23 @@ class NoPairwise(NPEBase):
         return self.decoder(self.focus_in(focus))  # [B, N, 2]
 
 
-class LSTMBaseline(NPEBase):
+class LSTMBaseline(Dynamics):
     """The paper's LSTM baseline: the states of all objects concatenated in their slot order, read as a
     sequence of the two frames; the last output gives every object's velocity change at once. Scenes
     with fewer than `slots` objects are padded, so it can run on up to `slots` objects, but it sees
     neither pairs nor permutation symmetry."""
 
-    kind = "lstm"
+    kind, run_name = "lstm", "lstm_baseline"
+    flags = {"slots": (positive_int, "objects the LSTM takes (scenes are padded to this many)")}
 
-    def __init__(self, neighborhood, dv_scale, pos_step, slots=10, hidden=100, layers=2):
-        super().__init__(neighborhood, dv_scale, pos_step)
+    def __init__(self, dv_scale, pos_step, slots=10, hidden=100, layers=2):
+        super().__init__(dv_scale, pos_step)
         self.slots = slots
         self.lstm = nn.LSTM(slots * STATE_DIM, hidden, layers, batch_first=True)
         self.head = nn.Linear(hidden, slots * 2)
+
+    def accepts(self, num_objects):
+        return num_objects <= self.slots
 
     def delta(self, frames):
         b, t, n, _ = frames.shape
@@ -194,8 +235,48 @@ class LSTMBaseline(NPEBase):
         return self.head(out[:, -1]).view(b, self.slots, 2)[:, :n]  # [B, N, 2]
 
 
-MODELS = {m.kind: m for m in (ClassicNPE, ModernNPE, NoPairwise, LSTMBaseline)}
+def size_defaults(kind):
+    """{flag: default} of the sizes a training flag sets for model `kind`: its constructor's defaults."""
+    parameters = inspect.signature(MODELS[kind]).parameters
+    return {name: parameters[name].default for name in MODELS[kind].flags}
+
+
+def data_config(kind, meta, dv_scale):
+    """The constructor arguments of model `kind` that follow from the data: the neighbourhood radius
+    and the integration step from the dataset's metadata, dv_scale from its train split."""
+    pos_scale, vel_scale = meta["state_scale"][0], meta["state_scale"][2]
+    derived = {"neighbourhood": NEIGHBOURHOOD_RADII * meta["world"]["radius"] / pos_scale,
+               "dv_scale": dv_scale, "pos_step": vel_scale * meta["dt"] / pos_scale}
+    parameters = inspect.signature(MODELS[kind]).parameters
+    return {name: value for name, value in derived.items() if name in parameters}
 
 
 def build_model(kind, config):
     return MODELS[kind](**config)
+
+
+def velocity_errors(model, frames, target, dv_scale=1.0):
+    """Each ball's squared error of the predicted velocity at t+1 (mean of x and y), in units of dv_scale.
+
+    frames [B, 2, N, 5], target [B, N, 2] -> errors [B, N] (0 for blocks and padding), balls [B, N].
+    The one definition of the loss: training, validation, the test MSE and mass inference reduce it.
+    """
+    balls = is_ball(frames[:, 1])
+    return (model(frames) - target).pow(2).mean(-1) * balls / dv_scale**2, balls
+
+
+def loss(model, frames, target, dv_scale):
+    """The training loss: velocity_errors averaged over the balls of the batch. Predicting "no change"
+    scores about 1 when dv_scale is the data's velocity-change std."""
+    errors, balls = velocity_errors(model, frames, target, dv_scale)
+    return errors.sum() / balls.sum()
+
+
+@torch.no_grad()
+def one_step_loss(model, windows, dv_scale=1.0, chunk=16384):
+    """The loss over all windows [W, 3, N, 5] (every ball weighs the same), computed in chunks."""
+    total, balls = 0.0, 0
+    for part in windows.split(chunk):
+        errors, moving = velocity_errors(model, part[:, :2], part[:, 2, :, VEL], dv_scale)
+        total, balls = total + errors.sum().item(), balls + moving.sum().item()
+    return total / balls

@@ -1,50 +1,51 @@
-"""One training loop for both models: the dataset lives on the training device, shuffled batches
+"""One training loop for every model: the dataset lives on the training device, shuffled batches
 are drawn by index, validation runs on the whole val split, and a metrics CSV and a resumable
 checkpoint are (re)written atomically at every evaluation, every --save_every steps and on a stop.
-Under torchrun, each process trains on its share of every batch (npe/distributed.py)."""
+Under torchrun, each process trains on its share of every batch (npe/distributed.py).
+
+fit() is the loop; each thing it does when due (checks, validation, saving, stopping) is a function
+of its own, working on the Run that prepare() builds and its TrainState."""
+import argparse
 import math
 import signal
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from . import distributed
-from .checkpoint import load_checkpoint, model_geometry, save_checkpoint
+from .checkpoint import load_checkpoint, save_checkpoint
 from .cli import Interrupted, NPEError, Parser, fraction, nonnegative_float, positive_float, positive_int
-from .config import MASS, VEL
+from .config import VEL, is_ball
 from .data import load_meta, load_split
 from .files import save_text
-from .models import build_model
-from .rollout import masked_mse, one_step_mse
+from .models import MODELS, build_model, data_config, loss, one_step_loss, size_defaults
 
 CSV_COLUMNS = ["step", "samples_seen", "train_loss", "val_loss", "lr", "elapsed_s"]
-MODEL_FLAGS = {"modern": ["msg_dim", "enc_blocks", "dec_blocks", "expansion", "dropout"], "lstm": ["slots"]}
-# Default run names; the classic script also trains the paper's baselines (--model np / lstm).
-NAMES = {"classic": "npe_classic", "modern": "npe_modern", "np": "np_baseline", "lstm": "lstm_baseline"}
-BASELINES = ["np", "lstm"]
 # The defaults that differ between the two training scripts (npe.bench measures these recipes too).
 RECIPES = {
-    "classic": dict(batch_size=50, total_samples=60_000_000, eval_every=2000,
+    "classic": dict(model="classic", batch_size=50, total_samples=60_000_000, eval_every=2000,
                     optimizer="rmsprop", lr=3e-4, weight_decay=0.0, schedule="constant", warmup_frac=0.0,
                     max_grad_norm=0.0, noise_std=0.0),
-    "modern": dict(batch_size=2048, total_samples=200_000_000, eval_every=500,
+    "modern": dict(model="modern", batch_size=2048, total_samples=200_000_000, eval_every=500,
                    optimizer="adamw", lr=1e-3, weight_decay=1e-4, schedule="cosine", warmup_frac=0.02,
                    max_grad_norm=1.0, noise_std=0.0),
 }
-# Flags that shape a run: --resume refuses to continue a run with different ones. The batch is checked
-# as the effective batch (--batch_size x processes), so a run may resume on another number of processes.
-RESUME_FLAGS = ["model", "slots", "total_samples", "optimizer", "lr", "weight_decay", "schedule", "warmup_frac",
-                "max_grad_norm", "noise_std", "seed", *MODEL_FLAGS["modern"]]
+# Flags that shape a run, beside the model's sizes (its config) and the effective batch: --resume
+# refuses to continue a run with different ones.
+RESUME_FLAGS = ["model", "total_samples", "optimizer", "lr", "weight_decay", "schedule", "warmup_frac",
+                "max_grad_norm", "noise_std", "seed", "amp"]
 
 
-def train_parser(kind, description):
-    """The flags of both training scripts, with the defaults of `kind`'s recipe."""
-    defaults = dict(RECIPES[kind])
+def train_parser(recipe, description):
+    """The flags of both training scripts, with the defaults of `recipe` ("classic" or "modern")."""
     p = Parser(description=description)
     p.add_argument("--dataset_prefix", required=True, help="prefix given to generate_dataset_4ball.py --out_prefix")
-    names = f"{NAMES[kind]}" + "".join(f"; {NAMES[b]} with --model {b}" for b in BASELINES if kind == "classic")
+    p.add_argument("--model", choices=list(MODELS),
+                   help="model to train (npe/models.py); np and lstm are the paper's baselines")
+    names = ", ".join(f"{cls.run_name} for {kind}" for kind, cls in MODELS.items())
     p.add_argument("--name", default=None, help=f"run name: checkpoint is CKPT_DIR/NAME.pt (default: {names})")
     p.add_argument("--ckpt_dir", type=Path, default=Path("checkpoints"), help="folder for the checkpoint")
     p.add_argument("--metrics_csv", type=Path, default=None, help="metrics CSV (default: logs/NAME.csv)")
@@ -77,20 +78,25 @@ def train_parser(kind, description):
                         "stays float32)")
     p.add_argument("--no_pin_memory", action="store_true",
                    help="accepted for older commands; the dataset lives on the training device, nothing is pinned")
-    if kind == "classic":
-        p.add_argument("--model", choices=["classic", *BASELINES], default="classic",
-                       help="classic: the NPE; np: the paper's no-pairwise baseline; lstm: its LSTM baseline "
-                            "(both with this script's recipe)")
-        p.add_argument("--slots", type=positive_int, default=10,
-                       help="--model lstm only: objects the LSTM takes (scenes are padded to this many)")
-    if kind == "modern":
-        p.add_argument("--msg_dim", type=positive_int, default=96, help="width of messages and residual stream")
-        p.add_argument("--enc_blocks", type=positive_int, default=3, help="residual blocks in the pairwise encoder")
-        p.add_argument("--dec_blocks", type=positive_int, default=3, help="residual blocks in the decoder")
-        p.add_argument("--expansion", type=positive_int, default=2, help="MLP hidden width = msg_dim x expansion")
-        p.add_argument("--dropout", type=fraction, default=0.0, help="dropout inside residual blocks")
-    p.set_defaults(**defaults)
+    for kind, cls in MODELS.items():  # each model's size flags, declared by the model
+        for name, (flag_type, text) in cls.flags.items():
+            p.add_argument(f"--{name}", type=flag_type, default=None,
+                           help=f"--model {kind} only: {text} (default: {size_defaults(kind)[name]})")
+    p.set_defaults(**RECIPES[recipe])
     return p
+
+
+def model_sizes(args):
+    """{flag: value} of the size flags of args.model, its defaults filled in; another model's size
+    flag is refused rather than ignored."""
+    sizes = size_defaults(args.model)
+    for kind, cls in MODELS.items():
+        for name in cls.flags:
+            if getattr(args, name) is not None and name not in sizes:
+                raise NPEError(f"--{name} is a flag of the {kind} model, not of --model {args.model}")
+            if getattr(args, name) is not None:
+                sizes[name] = getattr(args, name)
+    return sizes
 
 
 def pick_device(name):
@@ -103,31 +109,13 @@ def pick_device(name):
 
 def velocity_change_std(windows):
     """Std of v(t+1) - v(t) of the balls in a split [W, 3, N, 5], x and y pooled (keeps the model isotropic)."""
-    moving = windows[:, 1, :, MASS] > 0  # [W, N]
+    moving = is_ball(windows[:, 1])  # [W, N]
     return (windows[:, 2, :, VEL] - windows[:, 1, :, VEL])[moving].std().item()
 
 
-def model_config(kind, args, meta, train_set):
-    """A new model's config: geometry from the metadata, dv_scale from the train split, the size flags."""
-    return {**model_geometry(meta), "dv_scale": velocity_change_std(train_set),
-            **{k: getattr(args, k) for k in MODEL_FLAGS.get(kind, [])}}
-
-
-def loss_fn(model, frames, target):
-    """MSE of the balls' predicted velocity at t+1, in units of the data's velocity-change std.
-
-    frames [B, 2, N, 5], target [B, N, 2]. Blocks and padding do not count. Predicting "no change"
-    scores about 1.
-    """
-    return masked_mse(model(frames), target, frames[:, 1, :, MASS] > 0) / model.dv_scale ** 2
-
-
-def evaluate(model, windows):
-    """loss_fn over all windows [W, 3, N, 5], in eval mode."""
-    model.eval()
-    loss = one_step_mse(model, windows, model.dv_scale)
-    model.train()
-    return loss
+def new_config(args, meta, train_set):
+    """A new model's config: what follows from the data, and its sizes from the flags."""
+    return {**data_config(args.model, meta, velocity_change_std(train_set)), **model_sizes(args)}
 
 
 def lr_lambda(schedule, warmup_steps, total_steps):
@@ -177,37 +165,86 @@ class StopSignals:
             signal.signal(s, handler)
 
 
-def check_resumable(ckpt, args, meta, path):
-    """A resumed run must continue the same run: same data, flags that shape training, saved state."""
-    if "train_state" not in ckpt:
-        raise NPEError(f"{path} has no training state to resume from (a best-val checkpoint?)")
-    for key in ("world", "seed", "scenes"):
-        if ckpt["meta"].get(key) != meta.get(key):
-            raise NPEError(f"{path} was trained on other data ({key}: {ckpt['meta'].get(key)} vs "
-                           f"{meta.get(key)} in {args.dataset_prefix}); resume with its --dataset_prefix")
-    changed = [f"--{k} was {ckpt['args'].get(k)}, now {getattr(args, k)}" for k in RESUME_FLAGS
-               if hasattr(args, k) and ckpt["args"].get(k) != getattr(args, k)]
-    saved = ckpt["args"]
-    before = saved.get("effective_batch", saved.get("batch_size"))  # runs saved before torchrun support: 1 process
-    if before != args.batch_size * distributed.world_size():
-        changed.append(f"the effective batch (--batch_size x processes) was {before} "
-                       f"({saved.get('batch_size')} x {saved.get('world_size', 1)}), now "
-                       f"{args.batch_size} x {distributed.world_size()}")
-    if changed:
-        raise NPEError(f"--resume continues the run in {path} with its own flags: {'; '.join(changed)}")
+@dataclass
+class TrainState:
+    """Where a run stands; save_run writes it into every checkpoint (`order` as the state that redraws it)."""
+
+    step: int = 0
+    seen: int = 0  # windows trained on, all processes together
+    cursor: int = 0  # position in the epoch's shuffled order of the train windows
+    rows: list = field(default_factory=list)  # the metrics CSV so far
+    running: torch.Tensor = None  # train loss summed on the device since the last validation: no sync per step
+    first_bad: torch.Tensor = None  # the first step with a non-finite loss (0: none), on the device
+    best_val: float = math.inf
+    started: float = 0.0  # time.time() at which the run would have started had it never stopped
+    epoch_state: torch.Tensor = None  # the shuffle generator's state that draws `order`
+    order: torch.Tensor = None  # [W] this epoch's order
 
 
-def train(kind, args):
-    """Train a `kind` model with the parsed flags; returns the checkpoint path.
+@dataclass
+class Run:
+    """Everything a training run works with, built once by prepare()."""
+
+    args: argparse.Namespace
+    device: torch.device
+    meta: dict
+    train_set: torch.Tensor  # [W, 3, N, 5] on the device
+    val_part: torch.Tensor  # this process's share of the val split
+    config: dict
+    model: torch.nn.Module  # saved, validated; the one with clean state dict keys
+    replicated: torch.nn.Module  # training steps run through this: DDP around `model` under torchrun
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    shuffle: torch.Generator  # the batch order; a resumed run redraws its epoch from the saved state
+    noise: torch.Generator  # input noise, separate so the batch order does not depend on --noise_std
+    steps: int
+    effective_batch: int  # windows per step, all processes together
+    ckpt_path: Path
+    best_path: Path
+    csv_path: Path
+    saved_args: dict
+    state: TrainState
+
+
+def train(args):
+    """Train args.model with the parsed flags of train_parser; returns the checkpoint path.
 
     Under torchrun every process runs this, on its own device (cuda:LOCAL_RANK) and share of each batch.
     """
-    args.name = args.name or NAMES[kind]
+    args.name = args.name or MODELS[args.model].run_name
     with distributed.process_group(pick_device(args.device)) as device:
-        return _train(kind, args, device)
+        return fit(prepare(args, device))
 
 
-def _train(kind, args, device):
+def fit(run):
+    """The loop: a step per batch; when due, checks, validation and a checkpoint; then a stop or the end."""
+    args, state = run.args, run.state
+    announce(run)
+    run.model.train()
+    session_start, session_seen = time.time(), state.seen
+    with StopSignals() as stop, tqdm(total=run.steps, initial=state.step, unit="step", desc=f"train {args.model}",
+                                   disable=not distributed.is_main()) as bar:
+        while state.step < run.steps:
+            train_step(run, next_batch(run))
+            bar.update()
+            stop.agree()
+            validating = state.step % args.eval_every == 0 or state.step == run.steps
+            stopping = bool(stop.received) or state.step == args.stop_after_steps
+            if validating or stopping or state.step % args.save_every == 0:
+                check_finite(run)
+                if validating:
+                    validate(run)
+                    rate = (state.seen - session_seen) / (time.time() - session_start)
+                    bar.set_postfix(train=state.rows[-1]["train_loss"], val=state.rows[-1]["val_loss"],
+                                    samples_s=f"{rate:,.0f}")
+                save_run(run)
+            if stopping:
+                break
+    return finish(run, stop.received)
+
+
+def prepare(args, device):
+    """The data on the device, the model (new, or as saved with --resume), its optimizer and state."""
     if device.type == "cpu":
         torch.set_flush_denormal(True)  # denormal floats slowed RMSprop ~25x mid-run on CPU
     else:
@@ -216,142 +253,189 @@ def _train(kind, args, device):
     meta = load_meta(args.dataset_prefix)
     train_set = load_split(args.dataset_prefix, "train", meta).to(device)  # [W, 3, N, 5]
     val_set = load_split(args.dataset_prefix, "val", meta).to(device)
-    effective_batch = args.batch_size * distributed.world_size()  # windows per step, all processes together
+    effective_batch = args.batch_size * distributed.world_size()
     if effective_batch > len(train_set):
         raise NPEError(f"the effective batch {effective_batch} (--batch_size x processes) is larger than the "
                        f"training split ({len(train_set)} windows); use a smaller batch or more scenes")
     if len(val_set) < distributed.world_size():
         raise NPEError(f"the val split ({len(val_set)} windows) has fewer windows than there are processes")
-    val_part = distributed.share(val_set)  # each process validates its own part
-    main = distributed.is_main()
     ckpt_path = args.ckpt_dir / f"{args.name}.pt"
-    best_path = args.ckpt_dir / f"{args.name}_best.pt"
-    csv_path = args.metrics_csv or Path("logs") / f"{args.name}.csv"
     saved_args = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     saved_args.update(world_size=distributed.world_size(), effective_batch=effective_batch)
-    resume = None
-    if args.resume:
-        if not ckpt_path.is_file():
-            raise NPEError(f"nothing to resume: {ckpt_path} not found (check --name and --ckpt_dir)")
-        resume = load_checkpoint(ckpt_path, kind)
-        check_resumable(resume, args, meta, ckpt_path)
+    resume = load_resumable(ckpt_path, args, meta) if args.resume else None
 
     torch.manual_seed(args.seed)
-    config = resume["config"] if resume else model_config(kind, args, meta, train_set)
-    model = build_model(kind, config).to(device)
+    config = resume["config"] if resume else new_config(args, meta, train_set)
+    model = build_model(args.model, config).to(device)
     optimizer = make_optimizer(args, model.parameters())
     steps = math.ceil(args.total_samples / effective_batch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(args.schedule, int(args.warmup_frac * steps), steps))
-    # Two generators, so that a resumed run can redraw the epoch's batch order from its seed state
-    # instead of storing the permutation (16 MB for 50,000 scenes) in every checkpoint.
-    shuffle = torch.Generator(device=device).manual_seed(args.seed)
-    noise_gen = torch.Generator(device=device).manual_seed(args.seed + 1)
-
-    def new_epoch():
-        """A fresh shuffled order of the train windows, and the generator state that redraws it."""
-        epoch_state = shuffle.get_state()
-        return torch.randperm(len(train_set), device=device, generator=shuffle), epoch_state
-
+    state = TrainState(running=torch.zeros((), device=device), started=time.time(),
+                       first_bad=torch.zeros((), dtype=torch.long, device=device))
+    run = Run(args=args, device=device, meta=meta, train_set=train_set, val_part=distributed.share(val_set),
+              config=config, model=model, replicated=model, optimizer=optimizer, scheduler=scheduler,
+              shuffle=torch.Generator(device=device).manual_seed(args.seed),
+              noise=torch.Generator(device=device).manual_seed(args.seed + 1),
+              steps=steps, effective_batch=effective_batch, ckpt_path=ckpt_path,
+              best_path=args.ckpt_dir / f"{args.name}_best.pt",
+              csv_path=args.metrics_csv or Path("logs") / f"{args.name}.csv", saved_args=saved_args, state=state)
     if resume:
-        state = resume["train_state"]
-        model.load_state_dict(resume["state_dict"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        noise_gen.set_state(state["noise_generator"])
-        torch.set_rng_state(state["torch_rng"])
-        shuffle.set_state(state["epoch_shuffle_state"])
-    else:
-        state = {"step": 0, "seen": 0, "cursor": 0, "rows": [], "running": 0.0, "elapsed_s": 0.0,
-                 "best_val": math.inf}
-    distributed.seed_per_rank(args.seed, state["step"])
-    order, epoch_state = new_epoch()
+        restore(run, resume)
+    distributed.seed_per_rank(args.seed, run.state.step)
+    new_epoch(run)
     if args.compile:
         model.compile(mode=args.compile_mode)  # in place, so the state dict keys stay clean
-    replicated = distributed.replicate(model)  # training steps run through this; all else uses model
-    step, seen, cursor, rows = state["step"], state["seen"], state["cursor"], state["rows"]
-    running = torch.tensor(state["running"], device=device)  # loss summed on the device: no sync per step
-    first_bad = torch.zeros((), dtype=torch.long, device=device)  # first step with a non-finite loss
-    start = time.time() - state["elapsed_s"]
+    run.replicated = distributed.replicate(model)
+    return run
 
-    def save(with_eval):
-        distributed.average_(running)
-        bad = distributed.earliest_(first_bad).item()
-        kept = f"the last good checkpoint {ckpt_path} is kept" if ckpt_path.exists() else "nothing was saved"
-        if bad:
-            raise NPEError(f"training loss became non-finite at step {bad}; {kept} (try a lower --lr or "
-                           f"--max_grad_norm)")
-        if not all(torch.isfinite(p).all() for p in model.parameters()):
-            raise NPEError(f"weights became non-finite by step {step}; {kept} (try a lower --lr or "
-                           f"--max_grad_norm)")
-        if with_eval:
-            since = step - (rows[-1]["step"] if rows else 0)
-            val = distributed.weighted_mean(evaluate(model, val_part), len(val_part))
-            rows.append({"step": step, "samples_seen": seen, "train_loss": f"{running.item() / since:.6g}",
-                         "val_loss": f"{val:.6g}", "lr": f"{scheduler.get_last_lr()[0]:.6g}",
-                         "elapsed_s": f"{time.time() - start:.2f}"})
-            running.zero_()
-            if main:
-                write_csv(rows, csv_path)
-            if val < state["best_val"]:
-                state["best_val"] = val
-                if main:
-                    save_checkpoint(best_path, model, config, meta, seen, saved_args)
-        train_state = {
-            "step": step, "seen": seen, "cursor": cursor, "rows": rows, "running": running.item(),
-            "elapsed_s": time.time() - start, "best_val": state["best_val"], "epoch_shuffle_state": epoch_state,
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "noise_generator": noise_gen.get_state(), "torch_rng": torch.get_rng_state()}
-        if main:
-            save_checkpoint(ckpt_path, model, config, meta, seen, saved_args, train_state)
 
-    verb = f"resuming at step {step:,} of" if resume else "training for"
+def load_resumable(path, args, meta):
+    """The checkpoint of the run to resume, checked to continue the same run: same data, same flags
+    that shape training (the model's sizes and the effective batch included), saved training state."""
+    if not path.is_file():
+        raise NPEError(f"nothing to resume: {path} not found (check --name and --ckpt_dir)")
+    ckpt = load_checkpoint(path, args.model)
+    if "train_state" not in ckpt:
+        raise NPEError(f"{path} has no training state to resume from (a best-val checkpoint?)")
+    for key in ("world", "seed", "scenes"):
+        if ckpt["meta"].get(key) != meta.get(key):
+            raise NPEError(f"{path} was trained on other data ({key}: {ckpt['meta'].get(key)} vs "
+                           f"{meta.get(key)} in {args.dataset_prefix}); resume with its --dataset_prefix")
+    saved = ckpt["args"]
+    changed = [f"--{k} was {saved.get(k)}, now {getattr(args, k)}" for k in RESUME_FLAGS
+               if saved.get(k) != getattr(args, k)]
+    changed += [f"--{k} was {ckpt['config'].get(k)}, now {v}" for k, v in model_sizes(args).items()
+                if ckpt["config"].get(k) != v]
+    if saved.get("effective_batch") != args.batch_size * distributed.world_size():
+        changed.append(f"the effective batch (--batch_size x processes) was {saved.get('effective_batch')} "
+                       f"({saved.get('batch_size')} x {saved.get('world_size')}), now "
+                       f"{args.batch_size} x {distributed.world_size()}")
+    if changed:
+        raise NPEError(f"--resume continues the run in {path} with its own flags: {'; '.join(changed)}")
+    return ckpt
+
+
+def restore(run, ckpt):
+    """Weights, optimizer, schedule, random generators and counters as saved by save_run."""
+    saved, state = ckpt["train_state"], run.state
+    run.model.load_state_dict(ckpt["state_dict"])
+    run.optimizer.load_state_dict(saved["optimizer"])
+    run.scheduler.load_state_dict(saved["scheduler"])
+    run.noise.set_state(saved["noise_generator"])
+    torch.set_rng_state(saved["torch_rng"])
+    run.shuffle.set_state(saved["epoch_shuffle_state"])  # new_epoch() then redraws the saved epoch's order
+    state.step, state.seen, state.cursor, state.rows = saved["step"], saved["seen"], saved["cursor"], saved["rows"]
+    state.running.fill_(saved["running"])
+    state.best_val, state.started = saved["best_val"], time.time() - saved["elapsed_s"]
+
+
+def announce(run):
+    state, args = run.state, run.args
+    verb = f"resuming at step {state.step:,} of" if args.resume else "training for"
     processes = f" x {distributed.world_size()} processes" if distributed.world_size() > 1 else ""
-    print(f"{kind} model: {sum(p.numel() for p in model.parameters()):,} parameters, {len(train_set):,} train "
-          f"windows; {verb} {steps:,} steps of {args.batch_size}{processes} on {device}")
-    model.train()
-    session_start, first_seen = time.time(), seen
-    with StopSignals() as stop, tqdm(total=steps, initial=step, unit="step", desc=f"train {kind}",
-                                   disable=not main) as bar:
-        while step < steps:
-            if cursor + effective_batch > len(order):
-                (order, epoch_state), cursor = new_epoch(), 0
-            batch = train_set[distributed.share(order[cursor:cursor + effective_batch])]  # [B, 3, N, 5]
-            cursor += effective_batch
-            inputs = batch[:, :2]
-            if args.noise_std:
-                # drawn for the effective batch, so that it does not depend on the number of processes
-                noise = torch.randn((effective_batch, *inputs.shape[1:]), device=device, generator=noise_gen)
-                noise = distributed.share(noise) * args.noise_std
-                noise[..., VEL.stop:] = 0  # mass is exact
-                inputs = inputs + noise * (inputs[..., MASS:] > 0)  # blocks stay put, padding empty
-            with torch.autocast(device.type, torch.bfloat16, enabled=args.amp == "bf16"):
-                loss = loss_fn(replicated, inputs, batch[:, 2, :, VEL])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if args.max_grad_norm:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            step, seen = step + 1, seen + effective_batch
-            running += loss.detach()
-            first_bad = torch.where((first_bad == 0) & ~torch.isfinite(loss), step, first_bad)
-            bar.update()
-            evaluate_now = step % args.eval_every == 0 or step == steps
-            stop.agree()
-            stopping = bool(stop.received) or step == args.stop_after_steps
-            if evaluate_now or stopping or step % args.save_every == 0:
-                save(evaluate_now)
-                if evaluate_now:
-                    rate = (seen - first_seen) / (time.time() - session_start)
-                    bar.set_postfix(train=rows[-1]["train_loss"], val=rows[-1]["val_loss"], samples_s=f"{rate:,.0f}")
-            if stopping:
-                break
+    print(f"{args.model} model: {sum(p.numel() for p in run.model.parameters()):,} parameters, "
+          f"{len(run.train_set):,} train windows; {verb} {run.steps:,} steps of {args.batch_size}{processes} "
+          f"on {run.device}")
+
+
+def new_epoch(run):
+    """A fresh shuffled order of the train windows; the generator's state before it can redraw it."""
+    run.state.epoch_state = run.shuffle.get_state()
+    run.state.order = torch.randperm(len(run.train_set), device=run.device, generator=run.shuffle)
+
+
+def next_batch(run):
+    """This process's share of the next effective batch, [B, 3, N, 5], in the epoch's order."""
+    state = run.state
+    if state.cursor + run.effective_batch > len(state.order):
+        new_epoch(run)
+        state.cursor = 0
+    indices = state.order[state.cursor:state.cursor + run.effective_batch]
+    state.cursor += run.effective_batch
+    return run.train_set[distributed.share(indices)]
+
+
+def add_noise(run, inputs):
+    """inputs [B, 2, N, 5] with Gaussian noise of std --noise_std on the balls' positions and velocities.
+    Drawn for the effective batch, so that it does not depend on the number of processes."""
+    noise = torch.randn((run.effective_batch, *inputs.shape[1:]), device=run.device, generator=run.noise)
+    noise = distributed.share(noise) * run.args.noise_std
+    noise[..., VEL.stop:] = 0  # mass is exact
+    return inputs + noise * is_ball(inputs)[..., None]  # blocks stay put, padding empty
+
+
+def train_step(run, batch):
+    """One optimizer step on this process's batch [B, 3, N, 5]."""
+    args, state = run.args, run.state
+    inputs = add_noise(run, batch[:, :2]) if args.noise_std else batch[:, :2]
+    with torch.autocast(run.device.type, torch.bfloat16, enabled=args.amp == "bf16"):
+        step_loss = loss(run.replicated, inputs, batch[:, 2, :, VEL], run.model.dv_scale)
+    run.optimizer.zero_grad(set_to_none=True)
+    step_loss.backward()
+    if args.max_grad_norm:
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), args.max_grad_norm)
+    run.optimizer.step()
+    run.scheduler.step()
+    state.step, state.seen = state.step + 1, state.seen + run.effective_batch
+    state.running += step_loss.detach()
+    state.first_bad = torch.where((state.first_bad == 0) & ~torch.isfinite(step_loss), state.step, state.first_bad)
+
+
+def check_finite(run):
+    """Stop the run, keeping the last good checkpoint, once a loss (on any process) or a weight is not finite."""
+    bad = distributed.earliest_(run.state.first_bad).item()
+    kept = f"the last good checkpoint {run.ckpt_path} is kept" if run.ckpt_path.exists() else "nothing was saved"
+    if bad:
+        raise NPEError(f"training loss became non-finite at step {bad}; {kept} (try a lower --lr or "
+                       f"--max_grad_norm)")
+    if not all(torch.isfinite(p).all() for p in run.model.parameters()):
+        raise NPEError(f"weights became non-finite by step {run.state.step}; {kept} (try a lower --lr or "
+                       f"--max_grad_norm)")
+
+
+def validate(run):
+    """The loss on the whole val split (each process its share), a metrics CSV row, the best checkpoint."""
+    state, main = run.state, distributed.is_main()
+    distributed.average_(state.running)
+    run.model.eval()
+    val = distributed.weighted_mean(one_step_loss(run.model, run.val_part, run.model.dv_scale), len(run.val_part))
+    run.model.train()
+    since = state.step - (state.rows[-1]["step"] if state.rows else 0)
+    state.rows.append({"step": state.step, "samples_seen": state.seen,
+                       "train_loss": f"{state.running.item() / since:.6g}", "val_loss": f"{val:.6g}",
+                       "lr": f"{run.scheduler.get_last_lr()[0]:.6g}", "elapsed_s": f"{time.time() - state.started:.2f}"})
+    state.running.zero_()
+    if main:
+        write_csv(state.rows, run.csv_path)
+    if val < state.best_val:
+        state.best_val = val
+        if main:
+            save_checkpoint(run.best_path, run.model, run.config, run.meta, state.seen, run.saved_args)
+
+
+def save_run(run):
+    """The resumable checkpoint: the weights and all restore() needs to continue exactly (rank 0 writes)."""
+    state = run.state
+    distributed.average_(state.running)  # the same on every process from here
+    if not distributed.is_main():
+        return
+    train_state = {
+        "step": state.step, "seen": state.seen, "cursor": state.cursor, "rows": state.rows,
+        "running": state.running.item(), "elapsed_s": time.time() - state.started, "best_val": state.best_val,
+        "epoch_shuffle_state": state.epoch_state, "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(), "noise_generator": run.noise.get_state(),
+        "torch_rng": torch.get_rng_state()}
+    save_checkpoint(run.ckpt_path, run.model, run.config, run.meta, state.seen, run.saved_args, train_state)
+
+
+def finish(run, signalled):
+    """Say where the results are; a run stopped by a signal exits with 128 + its number."""
     how = "resume with the same command and --resume"
-    if stop.received:
-        raise Interrupted(f"stopped by {stop.received.name} at step {step:,}; checkpoint {ckpt_path} is "
-                          f"saved; {how}", 128 + stop.received.value)
-    if step < steps:
-        print(f"stopped after step {step:,} as asked (--stop_after_steps); {how}")
-    print(f"checkpoint: {ckpt_path} (best val: {best_path})\nmetrics: {csv_path}")
-    return ckpt_path
+    if signalled:
+        raise Interrupted(f"stopped by {signalled.name} at step {run.state.step:,}; checkpoint {run.ckpt_path} "
+                          f"is saved; {how}", 128 + signalled.value)
+    if run.state.step < run.steps:
+        print(f"stopped after step {run.state.step:,} as asked (--stop_after_steps); {how}")
+    print(f"checkpoint: {run.ckpt_path} (best val: {run.best_path})\nmetrics: {run.csv_path}")
+    return run.ckpt_path

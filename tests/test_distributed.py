@@ -43,7 +43,7 @@ def train_alone(dataset, folder, *extra):
     args = train_parser("classic", "test").parse_args(
         ["--dataset_prefix", str(dataset), "--name", "run", "--ckpt_dir", str(folder), "--metrics_csv",
          str(folder / "m.csv"), *map(str, FLAGS), *map(str, extra)])
-    return train("classic", args)
+    return train(args)
 
 
 def csv_rows(path):

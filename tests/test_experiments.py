@@ -9,17 +9,16 @@ import pytest
 import torch
 
 from conftest import TINY_TRAINING, check
-from npe.checkpoint import load_model, model_geometry
-from npe.config import MASS, VEL, World, state_scale
+from npe.checkpoint import load_model
+from npe.config import MASS, VEL, World, is_ball, state_scale
 from npe.data import normalize, scenes_to_windows
-from npe.models import build_model
+from npe.models import build_model, data_config, loss
 from npe.render import render_triple
-from npe.rollout import rollout, velocity_metrics
+from npe.rollouts import rollout, velocity_metrics
 from npe.sim import simulate_scenes
-from npe.train import loss_fn
 
 WORLD = World(num_balls=(3, 5), masses=(1.0, 5.0), layouts=("O", "U"))
-GEOMETRY = model_geometry({"state_scale": state_scale(), "world": WORLD.to_dict(), "dt": WORLD.dt})
+META = {"state_scale": state_scale(), "world": WORLD.to_dict(), "dt": WORLD.dt}
 
 
 @pytest.fixture(scope="module")
@@ -31,20 +30,20 @@ def scenes():
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    return build_model("classic", {**GEOMETRY, "dv_scale": 0.05}).eval()
+    return build_model("classic", data_config("classic", META, dv_scale=0.05)).eval()
 
 
 def test_a_mixed_batch_scores_as_its_scenes_would_alone(scenes, model):
     windows = scenes_to_windows(scenes)  # [W, 3, 11, 5]
     objects = (windows[:, 1, :, MASS] >= 0).sum(1)  # [W]: balls and blocks; padding comes last
-    balls = (windows[:, 1, :, MASS] > 0).sum(1)
+    balls = is_ball(windows[:, 1]).sum(1)
     assert len(set(objects.tolist())) == 4  # 3 or 5 balls, with or without the U's 6 blocks
     with torch.no_grad():
-        mixed = loss_fn(model, windows[:, :2], windows[:, 2, :, VEL])
+        mixed = loss(model, windows[:, :2], windows[:, 2, :, VEL], model.dv_scale)
         alone = 0.0
         for n in set(objects.tolist()):  # each kind of scene without its padding, weighted by its balls
             group = windows[objects == n][:, :, :n]
-            alone += loss_fn(model, group[:, :2], group[:, 2, :, VEL]) * balls[objects == n].sum()
+            alone += loss(model, group[:, :2], group[:, 2, :, VEL], model.dv_scale) * balls[objects == n].sum()
     assert mixed.item() == pytest.approx(alone.item() / balls.sum().item(), rel=1e-5)
 
 

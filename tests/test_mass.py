@@ -5,7 +5,7 @@ import torch
 from npe.config import MASS, POS, VEL, World, state_scale
 from npe.data import normalize
 from npe.mass import collides, collision_reach, infer_mass, mass_errors
-from npe.rollout import ConstantVelocity
+from npe.rollouts import ConstantVelocity
 from npe.sim import _space, simulate_scenes
 
 WORLD = World(masses=(1.0, 5.0, 25.0))

@@ -3,21 +3,20 @@ blocks and padding; and what sets the two baselines apart."""
 import pytest
 import torch
 
-from npe.checkpoint import model_geometry
 from npe.config import MASS, PAD_MASS, World, state_scale
-from npe.models import MODELS, build_model
+from npe.models import MODELS, build_model, data_config
 
 NPES = ["classic", "modern"]
 
 WORLD = World()
 SCALE = torch.tensor(state_scale(), dtype=torch.float64)
-GEOMETRY = model_geometry({"state_scale": state_scale(), "world": WORLD.to_dict(), "dt": WORLD.dt})
-REACH_PX = GEOMETRY["neighborhood"] * state_scale()[0]  # 3.5 radii = 210 px
+META = {"state_scale": state_scale(), "world": WORLD.to_dict(), "dt": WORLD.dt}
+REACH_PX = data_config("classic", META, 1.0)["neighbourhood"] * state_scale()[0]  # 3.5 radii = 210 px
 
 
 def make(kind):
     torch.manual_seed(0)
-    return build_model(kind, {**GEOMETRY, "dv_scale": 1.0}).double().eval()
+    return build_model(kind, data_config(kind, META, dv_scale=1.0)).double().eval()
 
 
 @pytest.fixture(params=NPES)

@@ -5,9 +5,9 @@ import pytest
 from conftest import REPO
 from npe import load_model
 from npe.config import MASS, World
-from npe.data import scene_frames
+from npe.data import simulate
 from npe.mass import collides, collision_reach, infer_mass
-from npe.rollout import ConstantVelocity, compare
+from npe.rollouts import ConstantVelocity, compare
 
 PRETRAINED = REPO / "pretrained"
 
@@ -16,7 +16,7 @@ PRETRAINED = REPO / "pretrained"
 def table():
     models = {kind: load_model(PRETRAINED / f"npe_{kind}.pt", kind=kind) for kind in ("classic", "modern")}
     models["constant_velocity"] = ConstantVelocity(models["classic"].pos_step)
-    scenes = scene_frames(models["classic"].meta, seed=4242, num_scenes=40, num_frames=12, workers=1)
+    scenes = simulate(models["classic"].meta, seed=4242, num_scenes=40, num_frames=12, workers=1)
     return compare(models, scenes, 10).set_index(["model", "step"])
 
 
@@ -41,7 +41,7 @@ def paper_models():
 @pytest.fixture(scope="module")
 def seven_ball_cosine(paper_models):
     """Cosine similarity per (model, step) of every paper model in fresh scenes of 7 balls (trained: 3 to 5)."""
-    scenes = scene_frames(paper_models["npe"].meta, seed=4242, num_scenes=30, num_frames=12, workers=1,
+    scenes = simulate(paper_models["npe"].meta, seed=4242, num_scenes=30, num_frames=12, workers=1,
                           num_balls=(7,), layouts=("O",))
     return compare(paper_models, scenes, 10).set_index(["model", "step"]).cosine_similarity
 
@@ -56,7 +56,7 @@ def test_shipped_npe_beats_both_baselines_on_more_balls_than_it_was_trained_on(s
 def collision_scenes(paper_models):
     """Fresh scenes of 4 balls in which ball 0 collides with another, and the training world's masses."""
     meta = paper_models["npe"].meta
-    scenes = scene_frames(meta, seed=4242, num_scenes=100, num_frames=20, workers=1, num_balls=(4,), layouts=("O",))
+    scenes = simulate(meta, seed=4242, num_scenes=100, num_frames=20, workers=1, num_balls=(4,), layouts=("O",))
     return scenes[collides(scenes, 0, collision_reach(meta))], World.from_dict(meta["world"]).masses
 
 

@@ -2,27 +2,25 @@
 import pytest
 import torch
 
-from npe.checkpoint import model_geometry
 from npe.config import MASS, POS, VEL, World, state_scale
-from npe.data import scene_frames
-from npe.models import build_model
-from npe.rollout import ConstantVelocity, rollout, velocity_metrics
+from npe.data import simulate
+from npe.models import build_model, data_config
+from npe.rollouts import ConstantVelocity, rollout, velocity_metrics
 
 WORLD = World()
 META = {"state_scale": state_scale(), "world": WORLD.to_dict(), "dt": WORLD.dt, "seed": 0}
-GEOMETRY = model_geometry(META)
-POS_STEP = GEOMETRY["pos_step"]
+POS_STEP = data_config("classic", META, 1.0)["pos_step"]
 
 
 @pytest.fixture(scope="module")
 def scenes():
-    return scene_frames(META, seed=11, num_scenes=40, num_frames=WORLD.frames_per_scene, workers=1)
+    return simulate(META, seed=11, num_scenes=40, num_frames=WORLD.frames_per_scene, workers=1)
 
 
 @pytest.fixture(scope="module")
 def classic():
     torch.manual_seed(0)
-    return build_model("classic", {**GEOMETRY, "dv_scale": 0.05}).eval()
+    return build_model("classic", data_config("classic", META, dv_scale=0.05)).eval()
 
 
 def start_frames(scenes, masses=(1.0, 2.0, 0.5, 3.0)):

@@ -5,7 +5,7 @@ import functools
 import numpy as np
 import pytest
 
-from npe.config import LAYOUTS, MASS, PAD_MASS, POS, VEL, World
+from npe.config import LAYOUTS, MASS, PAD_MASS, POS, VEL, World, is_ball
 from npe.sim import compose, initial_state, simulate_scene, simulate_scenes
 
 WORLDS = {
@@ -35,7 +35,7 @@ def kinetic_energy(scenes):
 
 def ball_positions(scenes):
     """The balls' centres [K, 2] over all scenes and frames (blocks and padding left out)."""
-    return scenes[..., POS][scenes[..., MASS] > 0]
+    return scenes[..., POS][is_ball(scenes)]
 
 
 def velocity_unchanged(scenes):

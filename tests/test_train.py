@@ -42,7 +42,7 @@ def run(request, dataset, tmp_path_factory):
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(npe.train, "save_checkpoint", save_and_probe)
-        ckpt = train(kind, args)
+        ckpt = train(args)
     with open(out / "metrics.csv", newline="") as f:
         reader = csv.DictReader(f)
         header, rows = reader.fieldnames, list(reader)

@@ -2,17 +2,18 @@
 import pandas as pd
 import torch
 
-from .config import MASS, POS, VEL
+from .config import MASS, POS, VEL, is_ball
 
 
 @torch.no_grad()
 def rollout(model, frames, steps):
     """frames [B, 2, N, 5] (normalized, t-1 and t) -> predicted states [B, steps, N, 5].
 
-    Velocities come from the model; positions are integrated as the simulator does
-    (x(t+1) = x(t) + v(t+1) dt); mass is carried over, and blocks and padding, whose velocity the
-    model keeps at 0, stay where they are. `model` may also be a plain function of
-    frames, such as constant_velocity.
+    Velocities come from the model; positions are integrated as x(t+1) = x(t) + v(t+1) dt, which is
+    the simulator's own step in free flight but not within a frame where a collision happens (its
+    sub-steps move the ball before and after the bounce); mass is carried over, and blocks and padding,
+    whose velocity the model keeps at 0, stay where they are. `model` may also be a plain function of
+    frames, such as ConstantVelocity.
     """
     pos_step = model.pos_step
     window, out = frames, []
@@ -35,21 +36,8 @@ class ConstantVelocity:
     def __call__(self, frames):
         return frames[:, 1, :, VEL]
 
-
-def masked_mse(pred, target, moving):
-    """Mean squared error over the balls: pred, target [B, N, 2], moving [B, N] (False: block or padding)."""
-    return ((pred - target).pow(2).sum(-1) * moving).sum() / (2 * moving.sum())
-
-
-@torch.no_grad()
-def one_step_mse(model, windows, scale=1.0, chunk=16384):
-    """Mean squared error of the balls' velocity at t+1 over windows [W, 3, N, 5], in units of `scale`."""
-    total, balls = 0.0, 0  # squared error summed over the balls' velocity components, and ball count
-    for part in windows.split(chunk):
-        moving = part[:, 1, :, MASS] > 0  # [W, N]
-        total += ((model(part[:, :2]) - part[:, 2, :, VEL]).pow(2).sum(-1) * moving).sum().item()
-        balls += moving.sum().item()
-    return total / (2 * balls) / scale ** 2
+    def accepts(self, num_objects):
+        return True
 
 
 def velocity_metrics(pred, truth):
@@ -63,7 +51,7 @@ def velocity_metrics(pred, truth):
     cos = torch.nn.functional.cosine_similarity(p, v, dim=-1, eps=1e-12)  # [B, T, N]
     speed = v.norm(dim=-1)
     rel = (speed - p.norm(dim=-1)).abs() / speed.clamp_min(1e-12)
-    moving = truth[:, 0, :, MASS] > 0  # [B, N]
+    moving = is_ball(truth[:, 0])  # [B, N]
     per_step = lambda x: x.transpose(0, 1)[:, moving]  # [T, balls]
     return per_step(cos).mean(1), per_step(rel).mean(1), per_step(rel).median(1).values
 
