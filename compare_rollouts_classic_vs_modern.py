@@ -1,21 +1,24 @@
-"""Roll out classic and modern NPE checkpoints on fresh scenes and compare their velocities with the
-truth and with a constant-velocity baseline: cosine similarity and relative magnitude error per step."""
+"""Roll out checkpoints of any kind (classic, modern, NP, LSTM; trained in one world) on fresh scenes and
+compare their velocities with the truth and with a constant-velocity baseline: cosine similarity and
+relative magnitude error per step. Without checkpoint flags: the shipped pretrained classic and modern NPE."""
 from pathlib import Path
 
-from npe.checkpoint import add_checkpoint_flags, load_classic_and_modern, same_world
-from npe.cli import NPEError, Parser, nonnegative_int, positive_int, run_cli
+from npe.checkpoint import describe_models, load_models, same_world
+from npe.cli import (NPEError, Parser, add_checkpoint_flags, add_threads_flag, nonnegative_int, positive_int, run_cli,
+                     set_threads)
+from npe.config import World
 from npe.data import load_meta, load_split, simulate
 from npe.files import save_text
-from npe.plots import plot_rollout_metrics
 from npe.models import one_step_loss
-from npe.rollouts import ConstantVelocity, compare, results_markdown
+from npe.plots import plot_rollout_metrics
+from npe.rollouts import ConstantVelocity, compare, results_markdown, summary_text
 
 TABLE_STEPS = (1, 5, 10, 25, 50)
 
 
 def main():
     p = Parser(description=__doc__)
-    add_checkpoint_flags(p)
+    add_checkpoint_flags(p, "checkpoints to compare")
     p.add_argument("--num_scenes", type=positive_int, default=200, help="fresh scenes to roll out")
     p.add_argument("--rollout_steps", type=positive_int, default=50, help="autoregressive steps")
     p.add_argument("--seed", type=nonnegative_int, default=1000, help="seed of the fresh scenes (not a training seed)")
@@ -24,25 +27,31 @@ def main():
     p.add_argument("--test_prefix", default=None,
                    help="dataset prefix: also measure one-step MSE on its test split and write the results "
                         "table as Markdown beside the figure (needs --rollout_steps 50 or more)")
+    add_threads_flag(p)
     args = p.parse_args()
-    models, meta = load_classic_and_modern(args)
+    print(f"{set_threads(args.threads)} CPU threads")
+    models, meta = load_models(args)
     if args.test_prefix:  # read before any output is written, so a bad dataset leaves nothing behind
         if args.rollout_steps < max(TABLE_STEPS):
             raise NPEError(f"--test_prefix needs --rollout_steps {max(TABLE_STEPS)} or more for the results table")
         test_meta = load_meta(args.test_prefix)
-        same_world([meta, test_meta], [args.classic_ckpt, args.test_prefix])
+        same_world([meta, test_meta], [next(iter(models.values())).path, args.test_prefix])
         test = load_split(args.test_prefix, "test", test_meta)
     scenes = simulate(meta, args.seed, args.num_scenes, args.rollout_steps + 2)
-    named = {**models, "constant_velocity": ConstantVelocity(models["classic"].pos_step)}
-    table = compare(named, scenes, args.rollout_steps)
+    named = {**models, "constant_velocity": ConstantVelocity(next(iter(models.values())).pos_step)}
+    shown = f"{args.num_scenes} fresh scenes (seed {args.seed}) of {World.from_dict(meta['world']).describe()}"
+    table = compare(named, scenes, args.rollout_steps).assign(
+        checkpoint=lambda t: t.model.map({label: str(m.path) for label, m in models.items()}).fillna(""),
+        scenes=shown)
     csv_path = args.out_png.with_suffix(".csv")
     save_text(table.to_csv(index=False), csv_path)
     if args.test_prefix:
         mse = {name: one_step_loss(model, test) for name, model in named.items()}
         save_text(results_markdown(table, TABLE_STEPS, mse), args.out_png.with_suffix(".md"))
         print(f"wrote {args.out_png.with_suffix('.md')}")
-    plot_rollout_metrics(table, args.out_png, f"{args.num_scenes} fresh scenes (seed {args.seed})")
-    print(table[table.step.isin(TABLE_STEPS)].pivot(index="step", columns="model").round(3).to_string())
+    plot_rollout_metrics(table, args.out_png, f"{shown}\n{describe_models(models)}")
+    print(f"Rollouts of {describe_models(models)} and constant velocity, on {shown}:")
+    print(summary_text(table, TABLE_STEPS))
     print(f"wrote {args.out_png} and {csv_path}")
 
 

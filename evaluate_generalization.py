@@ -5,8 +5,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from npe.checkpoint import load_models, runnable
-from npe.cli import Parser, add_experiment_flags, experiment_worlds, positive_int, run_cli
+from npe.checkpoint import describe_models, load_models, runnable
+from npe.cli import (Parser, add_experiment_flags, add_threads_flag, experiment_worlds, positive_int, run_cli,
+                     set_threads)
+from npe.config import World
 from npe.data import simulate
 from npe.files import save_text
 from npe.plots import plot_generalization
@@ -15,26 +17,37 @@ from npe.rollouts import ConstantVelocity, compare, generalization_markdown
 
 def main():
     p = Parser(description=__doc__)
-    add_experiment_flags(p, "checkpoints to compare, all trained in one world; each is named by its file stem",
+    add_experiment_flags(p, "checkpoints to compare",
                          "to test on", num_scenes=100, seed=3000)
     p.add_argument("--rollout_steps", type=positive_int, default=50, help="autoregressive steps")
     p.add_argument("--out_png", type=Path, default=Path("figs/generalization.png"),
                    help="figure; the CSV and a Markdown table are written beside it with the same stem")
+    add_threads_flag(p)
     args = p.parse_args()
-    models, meta = load_models(args.ckpts)
+    print(f"{set_threads(args.threads)} CPU threads")
+    models, meta = load_models(args)
+    checkpoints, described = {label: str(model.path) for label, model in models.items()}, describe_models(models)
     models["constant_velocity"] = ConstantVelocity(next(iter(models.values())).pos_step)
+    training = World.from_dict(meta["world"])
+    worlds = experiment_worlds(args, meta)
+    trained = {label for label, world in worlds.items() if set(world["num_balls"]) <= set(training.num_balls)
+               and set(world["layouts"]) <= set(training.layouts)}
+    shown = f"{args.num_scenes} fresh scenes per world (seed {args.seed})"
     tables = []
-    for label, changes in experiment_worlds(args, meta).items():
+    for label, changes in worlds.items():
         scenes = simulate(meta, args.seed, args.num_scenes, args.rollout_steps + 2, **changes)
         tables.append(compare(runnable(models, scenes.shape[2], label), scenes, args.rollout_steps).assign(world=label))
         print(f"{label}: done")
-    table = pd.concat(tables, ignore_index=True)
+    table = pd.concat(tables, ignore_index=True).assign(
+        checkpoint=lambda t: t.model.map(checkpoints).fillna(""), scenes=shown,
+        trained_world=lambda t: t.world.isin(trained))
     save_text(table.to_csv(index=False), args.out_png.with_suffix(".csv"))
-    markdown = generalization_markdown(table, sorted({10, args.rollout_steps}))
+    markdown = generalization_markdown(table, sorted({min(10, args.rollout_steps), args.rollout_steps}))
     save_text(markdown, args.out_png.with_suffix(".md"))
-    plot_generalization(table, args.out_png, f"{args.num_scenes} fresh scenes per world (seed {args.seed})")
+    plot_generalization(table, args.out_png, f"{shown}; {described}", trained)
+    print(f"Rollouts of {described} and constant velocity, {shown}; training worlds: "
+          f"{', '.join(sorted(trained)) or 'none'}")
     print(markdown + f"wrote {args.out_png} and its .csv and .md")
-
 
 if __name__ == "__main__":
     run_cli(main)

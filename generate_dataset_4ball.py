@@ -3,8 +3,8 @@
 The defaults make the paper's 4 equal balls in a plain box; --num_balls, --masses and --layout make
 the worlds of its other experiments, each scene drawing its number of balls, its layout and every
 ball's mass from the given sets."""
-from npe.cli import Parser, list_of, nonnegative_int, positive_float, positive_int, run_cli
-from npe.config import LAYOUTS, World
+from npe.cli import Parser, add_world_flags, nonnegative_int, positive_int, run_cli
+from npe.config import World
 from npe.data import generate_dataset, shard_path
 
 
@@ -15,13 +15,7 @@ def main():
                    help="writes PREFIX_{train,val,test}.pt and PREFIX_meta.json (folders are created)")
     p.add_argument("--seed", type=nonnegative_int, default=0, help="scene i is simulated from (seed, i)")
     p.add_argument("--workers", type=positive_int, default=None, help="simulation processes (default: all cores)")
-    p.add_argument("--num_balls", type=list_of(positive_int), default="4",
-                   help="balls per scene, or a set to draw from per scene, e.g. 3,4,5")
-    p.add_argument("--masses", type=list_of(positive_float), default="1",
-                   help="the mass of each ball is drawn from this set, e.g. 1,5,25")
-    p.add_argument("--layout", type=list_of(str, LAYOUTS), default="O",
-                   help=f"obstacle layout per scene, or a set to draw from: {', '.join(LAYOUTS)} "
-                        "(O: plain box; see the README)")
+    add_world_flags(p)
     p.add_argument("--shard", type=nonnegative_int, default=0,
                    help="with --num_shards: simulate only this part of the scenes (0 to num_shards - 1)")
     p.add_argument("--num_shards", type=positive_int, default=1,

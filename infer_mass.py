@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from npe.checkpoint import load_models, runnable
-from npe.cli import NPEError, Parser, add_experiment_flags, experiment_worlds, positive_int, run_cli
+from npe.checkpoint import describe_models, load_models, runnable
+from npe.cli import (NPEError, Parser, add_experiment_flags, add_threads_flag, experiment_worlds, positive_int,
+                     run_cli, set_threads)
 from npe.config import MASS, World
 from npe.data import simulate
 from npe.files import save_text
@@ -24,10 +25,12 @@ def main():
     p.add_argument("--observe_frames", type=positive_int, default=30, help="frames observed per scene (3 or more)")
     p.add_argument("--out_csv", type=Path, default=Path("figs/mass_inference.csv"),
                    help="table of results; a Markdown copy is written beside it")
+    add_threads_flag(p)
     args = p.parse_args()
+    print(f"{set_threads(args.threads)} CPU threads")
     if args.observe_frames < 3:
         raise NPEError(f"--observe_frames must be 3 or more (one window of t-1, t, t+1), got {args.observe_frames}")
-    models, meta = load_models(args.ckpts)
+    models, meta = load_models(args)
     world = World.from_dict(meta["world"])
     if len(world.masses) < 2:
         raise NPEError(f"{args.ckpts[0]} was trained with one mass ({world.masses[0]:g}): there is nothing to "
@@ -46,11 +49,13 @@ def main():
             rows.append({"world": label, "model": name, "collision_scenes": int(hit.sum()),
                          "accuracy": (guess == truth).float().mean().item(), "chance": 1 / len(world.masses)})
     table = pd.DataFrame(rows)
-    save_text(table.to_csv(index=False), args.out_csv)
+    shown = f"{args.num_scenes} fresh scenes per world (seed {args.seed}), {args.observe_frames} frames observed"
+    save_text(table.assign(checkpoint=table.model.map({label: str(m.path) for label, m in models.items()}),
+                           scenes=shown).to_csv(index=False), args.out_csv)
     markdown = markdown_table(list(table), [[f"{v:.3f}" if isinstance(v, float) else str(v).replace("_", " ")
                                              for v in row] for row in table.itertuples(index=False)])
     save_text(markdown, args.out_csv.with_suffix(".md"))
-    print(markdown + f"wrote {args.out_csv} and {args.out_csv.with_suffix('.md')}")
+    print(f"Mass inference of {describe_models(models)} on {shown}:\n" + markdown + f"wrote {args.out_csv} and {args.out_csv.with_suffix('.md')}")
 
 
 if __name__ == "__main__":

@@ -12,14 +12,15 @@ def main():
     p.add_argument("--modern_csv", type=Path, required=True, help="metrics CSV of the modern run")
     p.add_argument("--out_png", type=Path, default=Path("figs/train_val_classic_vs_modern.png"), help="figure")
     p.add_argument("--smooth", type=fraction, default=0.0,
-                   help="exponential moving average factor in [0, 1) over evaluations (0: none)")
+                   help="exponential moving average factor in [0, 1) over evaluations (0: none); a short run is "
+                        "smoothed less, so that its trend shows")
     p.add_argument("--classic_batch_size", type=positive_int, default=50,
                    help="classic batch size, used only if its CSV has no samples_seen column (samples = step x batch)")
     p.add_argument("--modern_batch_size", type=positive_int, default=2048,
                    help="modern batch size, used only if its CSV has no samples_seen column (samples = step x batch)")
     args = p.parse_args()
-    curves = {"classic": read_training_curves(args.classic_csv, args.classic_batch_size),
-              "modern": read_training_curves(args.modern_csv, args.modern_batch_size)}
+    curves = {f"classic ({args.classic_csv.stem})": read_training_curves(args.classic_csv, args.classic_batch_size),
+              f"modern ({args.modern_csv.stem})": read_training_curves(args.modern_csv, args.modern_batch_size)}
     plot_training_curves(curves, args.out_png, args.smooth)
     print(f"wrote {args.out_png}")
 

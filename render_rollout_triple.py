@@ -1,39 +1,53 @@
-"""Render videos of fresh scenes side by side: the ground truth, the classic NPE's rollout and the
-modern NPE's rollout, all three started from the same two true frames."""
+"""Render videos of fresh scenes side by side: the ground truth and the rollout of each checkpoint (any
+kinds, trained in one world), all started from the same two true frames. Without checkpoint flags: the
+shipped pretrained classic and modern NPE. --num_balls, --masses and --layout draw the scenes from
+another world (default: the checkpoints'); masses are written on the balls when they differ."""
+import re
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from npe.checkpoint import add_checkpoint_flags, load_classic_and_modern
-from npe.cli import Parser, nonnegative_int, positive_float, positive_int, run_cli
+from npe.checkpoint import load_models, runnable
+from npe.cli import (Parser, add_checkpoint_flags, add_world_flags, nonnegative_int, positive_float, positive_int,
+                     run_cli, world_changes)
+from npe.config import World
 from npe.data import simulate
-from npe.render import START_FRAMES, render_triple
+from npe.render import START_FRAMES, render_rollouts
 from npe.rollouts import rollout
 
 
 def main():
     p = Parser(description=__doc__)
-    add_checkpoint_flags(p)
+    add_checkpoint_flags(p, "checkpoints to roll out, a panel each")
+    add_world_flags(p, defaults=False)
     p.add_argument("--num_scenes", type=positive_int, default=5, help="fresh scenes, one video each")
     p.add_argument("--rollout_steps", type=positive_int, default=60, help="rollout steps after the 2 true frames")
     p.add_argument("--out_dir", type=Path, default=Path("videos"), help="folder for the mp4 files")
+    p.add_argument("--tag", default=None,
+                   help="videos are OUT_DIR/TAG_scene{N}.mp4 (default: rollout_gt_ and the labels joined by _)")
     p.add_argument("--seed", type=nonnegative_int, default=2000, help="seed of the fresh scenes (not a training seed)")
     p.add_argument("--fps", type=positive_float, default=30, help="video frames per second")
     args = p.parse_args()
-    # A few scenes of 4 balls: extra threads only add synchronization, and stall when the cores are busy.
+    # A few scenes: extra threads only add synchronization, and stall when the cores are busy.
     torch.set_num_threads(1)
-    models, meta = load_classic_and_modern(args)
+    models, meta = load_models(args)
+    changes = world_changes(args)
+    world = replace(World.from_dict(meta["world"]), **changes).describe()
     # A scene takes milliseconds to simulate: worker processes would cost more to start than they save.
-    scenes = simulate(meta, args.seed, args.num_scenes, START_FRAMES + args.rollout_steps,
-                          workers=1)  # [S, F, N, 5]
+    scenes = simulate(meta, args.seed, args.num_scenes, START_FRAMES + args.rollout_steps, workers=1,
+                      **changes)  # [S, F, N, 5]
     start = scenes[:, :START_FRAMES]
-    classic, modern = (torch.cat([start, rollout(m, start, args.rollout_steps)], dim=1)
-                       for m in models.values())
+    shown = runnable(models, scenes.shape[2], world)
+    rollouts = {f"{label}\n{model.path.name}": torch.cat([start, rollout(model, start, args.rollout_steps)], dim=1)
+                for label, model in shown.items()}
+    tag = re.sub(r"[^\w.-]+", "_", args.tag or "_".join(["rollout_gt", *shown]))  # a file name, whatever the labels
+    print(f"{args.num_scenes} fresh scenes (seed {args.seed}) of {world}")
     for s in tqdm(range(args.num_scenes), unit="video", desc="rendering"):
-        path = args.out_dir / f"rollout_gt_classic_modern_scene{s}.mp4"
-        render_triple({"Ground truth": scenes[s], "Classic NPE": classic[s], "Modern NPE": modern[s]},
-                      meta, path, args.fps)
+        path = args.out_dir / f"{tag}_scene{s}.mp4"
+        render_rollouts({f"Ground truth\nseed {args.seed}, scene {s}": scenes[s],
+                         **{title: states[s] for title, states in rollouts.items()}}, meta, path, args.fps)
         tqdm.write(str(path))
 
 

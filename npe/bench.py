@@ -1,405 +1,220 @@
-"""How fast this code is on this machine: each measurement side by side with a baseline taken in the
-same run, so that the ratios hold on a busy or shared machine even where absolute times do not.
+"""How fast this code is on this machine: each measurement beside a baseline taken in the same run, so
+that the ratios hold on a busy or shared machine even where absolute times do not.
 
-    python -m npe.bench                # 5 measurements of --seconds (60) and about a minute more
+    python -m npe.bench                # about 6.5 x --seconds (60) and a minute more
     python -m npe.bench --tiny         # seconds, at tiny sizes: checks that the benchmark runs
 
-1. Training samples/s of npe.train.train with the training scripts' recipes, against a plain loop
-   written the common way (a DataLoader over a Dataset of windows, shuffle=True, .to(device) per
-   batch) with the same model, loss, optimizer, gradient clipping, batch size and number of steps;
-   the modern recipe under bf16 autocast (--amp bf16) against float32; and training steps of a model
-   that encodes only the pairs inside the neighbourhood against one that encodes every pair.
-2. Utilization: the model's matmul FLOPs per sample (one training step, forward and backward) x
-   samples/s, against a large float32 matmul on the same device.
-3. Simulation scenes/s with one worker and with every core (50,000 scenes, pool start-up included),
-   and the main process's peak memory beyond the simulated scenes.
-4. One batched rollout against a loop of one rollout per scene, with the same model.
-5. The wall time of the full training budgets, extrapolated from 1.
-
-Prints a table and writes it to OUT_DIR/bench_<device>.csv and .json.
+npe.train.train (timed by its own clock, its one final validation included) runs the training scripts'
+recipes; its baseline is a loop written the common way (a DataLoader over a Dataset of windows,
+shuffled, .to(device) per batch) with the same model, loss, optimizer, clipping, batch size and steps.
+The ratio is ours / baseline (for times: baseline / ours; for utilization: the fraction of the peak).
+Prints a markdown table and writes it to OUT_DIR/bench_<device>.csv and .json.
 """
 import contextlib
-import csv
-import io
+import itertools
 import json
 import os
 import platform
-import re
 import sys
 import tempfile
 import threading
 import time
 import tracemalloc
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.flop_counter import FlopCounterMode
 
 from .cli import Parser, positive_float, run_cli
 from .config import VEL, World
 from .data import generate_dataset, load_split
 from .files import ensure_parent, save_text
-from .models import build_model
-from .rollout import rollout
+from .models import build_model, loss
+from .rollouts import rollout
 from .sim import simulate_scenes
-from .train import RECIPES, loss_fn, make_optimizer, model_config, pick_device, train, train_parser
+from .train import RECIPES, make_optimizer, new_config, pick_device, train, train_parser
 
 EXTRAPOLATED_SCENES = 50_000
-MB = 2**20
+# seconds: each time-boxed measurement's default; scenes: the training data; max_batch caps the recipes';
+# one worker simulates sim_per_core x cores scenes, every core max(sim_scenes, that); rollout: scenes,
+# steps; matmul: n of the n x n float32 matmul (the models' dtype) that measures the peak.
+FULL = dict(seconds=60.0, scenes=100, max_batch=2048, sim_per_core=1000, sim_scenes=EXTRAPOLATED_SCENES,
+            rollout=(200, 50), matmul={"cpu": 2048, "cuda": 8192})
+TINY = dict(seconds=0.5, scenes=24, max_batch=256, sim_per_core=250, sim_scenes=1000, rollout=(8, 5),
+            matmul={"cpu": 256, "cuda": 1024})
+# The table: key, measurement, unit, and the names of ours and of the baseline among the measured values;
+# a key with {kind} makes a row for each model that has both.
+ROWS = [
+    ("train_{kind}", "train {kind} b{batch}: npe.train vs DataLoader loop", "samples/s", "ours", "loader"),
+    ("pairs_{kind}", "train {kind} b{batch} steps: kept pairs only vs every pair", "samples/s", "kept", "every"),
+    ("train_{kind}_bf16", "train {kind} b{batch}: npe.train, bf16 autocast vs float32", "samples/s", "bf16", "ours"),
+    ("utilization_{kind}", "utilization {kind} b{batch}: npe.train vs {n}x{n} matmul", "GFLOP/s", "gflops", "peak"),
+    ("simulate_speed", "simulate {scenes:,} scenes with {workers} workers vs {one_scenes:,} with 1", "scenes/s",
+     "all", "one"),
+    ("simulate_time", "simulate {extrapolated:,} scenes, from scenes/s: {workers} workers vs 1", "s", "all_s", "one_s"),
+    ("simulate_memory", "simulate {scenes:,} scenes: peak memory beyond the output vs output", "MB", "extra", "output"),
+    ("rollout_{kind}", "rollout {kind} {rollout}: batched vs per-scene loop", "scene-steps/s", "batched", "looped"),
+    ("budget_{kind}", "budget {kind} {total:g}M samples b{batch}: npe.train vs DataLoader loop", "h",
+     "hours", "loader_hours"),
+]
 
 
-@dataclass(frozen=True)
-class Sizes:
-    seconds: float  # default length of each time-boxed measurement
-    dataset_scenes: int  # training data; its 15% val split is what npe.train's final validation runs on
-    max_batch: int  # caps the recipes' batch sizes
-    sim_scenes_per_core: int  # one worker simulates this x cores; simulate_scenes hands out chunks of sim.CHUNK
-    sim_scenes: int  # all cores simulate this many (or as many as one worker, if more)
-    rollout_scenes: int
-    rollout_steps: int
-    matmul: dict  # device type -> n of the n x n matmul that measures the peak
-
-
-FULL = Sizes(60.0, 100, 2048, 1000, EXTRAPOLATED_SCENES, 200, 50, {"cpu": 2048, "cuda": 8192})
-TINY = Sizes(0.5, 24, 256, 250, 1000, 8, 5, {"cpu": 256, "cuda": 1024})
-
-
-def log(message):
-    print(message, file=sys.stderr, flush=True)
-
-
-def clock(device):
-    """Seconds, once the device has finished the work queued so far."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
+def rate(device, seconds, fn):
+    """Calls/s and calls of fn(), called for `seconds` and at least once, timed to the end of the device
+    work they queue (no sync a call: the queue is waited for once, at the end)."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
+    sync()
+    calls, start = 0, time.perf_counter()
+    while calls == 0 or time.perf_counter() - start < seconds:
+        fn()
+        calls += 1
+    sync()
+    return calls / (time.perf_counter() - start), calls
 
 
 @contextlib.contextmanager
 def quiet():
     """Hide what npe's functions print (progress bars, paths) so that the table stays readable."""
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+    with open(os.devnull, "w") as null, contextlib.redirect_stdout(null), contextlib.redirect_stderr(null):
         yield
 
 
-def recipe(kind, prefix, out, device, batch_size, steps, *extra):
-    """A training script's flags (and `extra` ones), parsed, for `steps` steps on the bench's data,
-    validating and saving only at the end."""
-    flags = ["--dataset_prefix", prefix, "--ckpt_dir", out, "--metrics_csv", out / f"{kind}.csv",
-             "--device", device.type, "--batch_size", batch_size, "--total_samples", steps * batch_size,
-             "--eval_every", steps + 1, "--save_every", steps + 1, *extra]
-    return train_parser(kind, "bench").parse_args(list(map(str, flags)))
+def our_training(args):
+    """samples/s of npe.train.train, by its own clock (the last row of its metrics CSV)."""
+    with quiet():
+        train(args)
+    last = pd.read_csv(args.metrics_csv).iloc[-1]
+    return last["samples_seen"] / last["elapsed_s"]
 
 
-def fresh_model(kind, args, meta, windows, device):
-    """A new model with the config npe.train.train builds from the same flags and training windows."""
-    return build_model(kind, model_config(kind, args, meta, windows)).to(device)
-
-
-class WindowDataset(Dataset):
-    """Training windows [W, 3, N, 5] the common way: one (frames, target) pair per item."""
-
-    def __init__(self, windows):
-        self.windows = windows
-
-    def __len__(self):
-        return len(self.windows)
-
-    def __getitem__(self, i):
-        return self.windows[i, :2], self.windows[i, 2, :, VEL]
-
-
-def training_step(model, optimizer, args, frames, target):
-    """One step of the recipe in `args`, written the common way: loss, backward, clipping, update."""
-    loss = loss_fn(model, frames, target)
+def plain_step(model, optimizer, args, batches, device):
+    """One training step on the next (frames, target) of `batches`, written the common way: loss,
+    backward, clipping, update (no schedule: it costs microseconds)."""
+    frames, target = next(batches)
+    step_loss = loss(model, frames.to(device), target.to(device), model.dv_scale)
     optimizer.zero_grad()
-    loss.backward()
+    step_loss.backward()
     if args.max_grad_norm:
         torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
     optimizer.step()
 
 
-def reference_training(model, args, windows, device, seconds):
-    """samples/s and steps of the common training loop, run for `seconds` (the schedule is left out:
-    it costs microseconds a step)."""
-    optimizer = make_optimizer(args, model.parameters())
-    loader = DataLoader(WindowDataset(windows), batch_size=args.batch_size, shuffle=True, drop_last=True)
-    model.train()
-    steps, start = 0, clock(device)
-    while time.perf_counter() - start < seconds:  # no sync a step: a copy from pageable memory waits anyway
-        for frames, target in loader:
-            training_step(model, optimizer, args, frames.to(device), target.to(device))
-            steps += 1
-            if time.perf_counter() - start >= seconds:
-                break
-    return steps * args.batch_size / (clock(device) - start), steps
+def random_batches(windows, batch_size):
+    """(frames, target) batches drawn by index from windows [W, 3, N, 5], on their device, as npe.train does."""
+    while True:
+        batch = windows[torch.randint(len(windows), (batch_size,), device=windows.device)]
+        yield batch[:, :2], batch[:, 2, :, VEL]
 
 
-def pair_speedup(model, args, windows, device, seconds):
-    """samples/s of training steps (batches drawn by index) with only the kept pairs encoded, and with
-    every pair encoded (models.NPEBase.neighbourhood_sum), `seconds` each."""
-    optimizer = make_optimizer(args, model.parameters())
-    windows = windows.to(device)
-    speeds = []
-    for dense in (False, True):
-        model.dense_pairs = dense
-        steps, start = 0, clock(device)
-        while clock(device) - start < seconds:
-            batch = windows[torch.randint(len(windows), (args.batch_size,), device=device)]
-            training_step(model, optimizer, args, batch[:, :2], batch[:, 2, :, VEL])
-            steps += 1
-        speeds.append(steps * args.batch_size / (clock(device) - start))
-    model.dense_pairs = None
-    return speeds
-
-
-def our_training(kind, args):
-    """samples/s of npe.train.train, by its own clock (elapsed_s in its metrics CSV)."""
-    with quiet():
-        train(kind, args)
-    with open(args.metrics_csv, newline="") as f:
-        last = list(csv.DictReader(f))[-1]
-    return int(last["samples_seen"]) / float(last["elapsed_s"])
-
-
-def flops_per_sample(model, windows, batch_size, device):
-    """Matmul FLOPs of one training step (forward and backward) divided by the batch size."""
-    batch = windows[:batch_size].to(device)
-    with FlopCounterMode(display=False) as counter:
-        loss_fn(model, batch[:, :2], batch[:, 2, :, VEL]).backward()
-    model.zero_grad(set_to_none=True)
-    return counter.get_total_flops() / batch_size
-
-
-def measure_training(kind, prefix, meta, windows, device, sizes, seconds, out):
-    batch_size = min(RECIPES[kind]["batch_size"], sizes.max_batch)
-    args = recipe(kind, prefix, out, device, batch_size, steps=1)
+def measure_model(kind, prefix, meta, windows, device, sizes, seconds):
+    """One recipe's values: training samples/s (four ways), FLOPs per sample, rollout speeds, budget hours."""
+    batch = min(RECIPES[kind]["batch_size"], sizes["max_batch"])
+    flags = ["--dataset_prefix", str(prefix), "--ckpt_dir", str(prefix.parent), "--metrics_csv",
+             str(prefix.parent / f"{kind}.csv"), "--device", device.type, "--batch_size", str(batch),
+             "--eval_every", str(10**9), "--save_every", str(10**9),  # validate and save at the end only
+             "--threads", str(torch.get_num_threads())]  # as many as the loops here, not npe.train's choice
+    parse = train_parser(kind, "bench").parse_args
+    args = parse(flags)
     torch.manual_seed(args.seed)
-    model = fresh_model(kind, args, meta, windows, device)
-    flops = flops_per_sample(model, windows, batch_size, device)
-    log(f"training {kind} at batch {batch_size}: DataLoader loop for {seconds:g} s")
-    reference, steps = reference_training(model, args, windows, device, seconds)
-    log(f"training {kind} at batch {batch_size}: npe.train for the same {steps} steps")
-    ours = our_training(kind, recipe(kind, prefix, out, device, batch_size, steps))
-    log(f"training {kind} at batch {batch_size}: kept pairs, then every pair, {seconds / 4:g} s each")
-    pairs = pair_speedup(fresh_model(kind, args, meta, windows, device), args, windows, device, seconds / 4)
-    result = {"batch_size": batch_size, "ours": ours, "reference": reference, "flops": flops, "model": model,
-              "pairs": pairs}
+    model = build_model(args.model, new_config(args, meta, windows)).to(device)
+    optimizer, on_device = make_optimizer(args, model.parameters()), windows.to(device)
+    with FlopCounterMode(display=False) as flops:  # matmuls of one training step, forward and backward
+        loss(model, on_device[:batch, :2], on_device[:batch, 2, :, VEL], model.dv_scale).backward()
+    print(f"training {kind} at batch {batch}: DataLoader loop for {seconds:g} s, npe.train for as many steps, "
+          f"then kept pairs and every pair, {seconds / 4:g} s each", file=sys.stderr)
+    loader = DataLoader(TensorDataset(windows[:, :2], windows[:, 2, :, VEL]), batch, shuffle=True, drop_last=True)
+    epochs = itertools.chain.from_iterable(itertools.repeat(loader))
+    model.train()
+    loader_speed, steps = rate(device, seconds, lambda: plain_step(model, optimizer, args, epochs, device))
+    m = {"kind": kind, "batch": batch, "flops": flops.get_total_flops() / batch, "loader": loader_speed * batch,
+         "ours": our_training(parse(flags + ["--total_samples", str(steps * batch)]))}
     if kind == "modern":
-        log(f"training {kind} at batch {batch_size}: npe.train under bf16 autocast, {steps} steps")
-        result["bf16"] = our_training(kind, recipe(kind, prefix, out, device, batch_size, steps, "--amp", "bf16"))
-    return result
-
-
-def matmul_peak(device, n, seconds):
-    """FLOP/s of an n x n float32 matmul (the models' dtype), repeated for `seconds`."""
-    log(f"peak: {n} x {n} matmul for {seconds:g} s")
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-    a @ b  # the first call picks kernels and allocates
-    count, start = 0, clock(device)
-    while clock(device) - start < seconds:
-        a @ b
-        count += 1
-    return 2 * n**3 * count / (clock(device) - start)
-
-
-class ChildrenMemory(threading.Thread):
-    """The peak of the resident memory of this process's children together, polled from /proc (Linux;
-    elsewhere it stays 0). ru_maxrss cannot tell it: a spawned worker starts as a fork of this process,
-    and Linux carries the fork's size, this whole process, across the exec into the worker's peak."""
-
-    def __init__(self, interval=0.05):
-        super().__init__(daemon=True)
-        self.interval, self.peak, self.done = interval, 0, threading.Event()
-
-    def run(self):
-        while not self.done.wait(self.interval):
-            self.peak = max(self.peak, sum(map(resident_bytes, child_pids())))
-
-    def __enter__(self):
-        self.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.done.set()
-        self.join()
-
-
-def child_pids():
-    tasks = Path(f"/proc/{os.getpid()}/task")
-    return {pid for f in tasks.glob("*/children") for pid in f.read_text().split()} if tasks.is_dir() else set()
-
-
-def resident_bytes(pid):
-    try:
-        found = re.search(r"^VmRSS:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text(), re.MULTILINE)
-    except OSError:  # the process has just ended
-        return 0
-    return int(found.group(1)) * 1024 if found else 0
-
-
-def simulation(one_worker_scenes, scenes, workers, world=World()):
-    """scenes/s with one worker and with `workers` (pool start-up included); peak memory of the main
-    process (beyond the output) and of the workers together, with `workers`."""
-    log(f"simulating {one_worker_scenes:,} scenes with 1 worker, then {scenes:,} with {workers}")
-    start = time.perf_counter()
-    simulate_scenes(world, 0, 0, one_worker_scenes, workers=1, progress=False)
-    one = time.perf_counter() - start
-    tracemalloc.start()  # Python and numpy allocations of this process only, not the workers'
-    start = time.perf_counter()
-    with ChildrenMemory() as children:
-        out = simulate_scenes(world, 0, 0, scenes, workers, progress=False)
-    every = time.perf_counter() - start
-    peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
-    return {"one_worker_scenes": one_worker_scenes, "scenes": scenes, "workers": workers,
-            "one": one_worker_scenes / one, "every": scenes / every,
-            "output": out.nbytes, "extra": peak - out.nbytes, "workers_rss": children.peak}
-
-
-def rollout_speed(model, frames, steps, device):
-    """scene-steps/s of one batched rollout of frames [S, 2, N, 5], and of one rollout per scene."""
+        m["bf16"] = our_training(parse(flags + ["--total_samples", str(steps * batch), "--amp", "bf16"]))
+    batches = random_batches(on_device, batch)
+    for name, dense in (("kept", False), ("every", True)):
+        model.dense_pairs = dense
+        m[name] = batch * rate(device, seconds / 4, lambda: plain_step(model, optimizer, args, batches, device))[0]
+    model.dense_pairs = None
     model.eval()
+    frames, length = on_device[:sizes["rollout"][0], :2], sizes["rollout"][1]  # [S, 2, N, 5]
+    m["rollout"] = f"{len(frames)} scenes x {length} steps"
+    print(f"rollouts {kind}, {m['rollout']}: batched, then one scene at a time", file=sys.stderr)
     for shape in (frames, frames[:1]):
         rollout(model, shape, 1)  # warm-up: the first call at a shape allocates
-    start = clock(device)
-    rollout(model, frames, steps)
-    batched = clock(device) - start
-    start = clock(device)
-    for scene in frames.split(1):
-        rollout(model, scene, steps)
-    looped = clock(device) - start
-    return len(frames) * steps / batched, len(frames) * steps / looped
+    scene_steps = len(frames) * length
+    m["batched"] = scene_steps * rate(device, 0, lambda: rollout(model, frames, length))[0]
+    m["looped"] = scene_steps * rate(device, 0, lambda: [rollout(model, s, length) for s in frames.split(1)])[0]
+    total = RECIPES[kind]["total_samples"]
+    return {**m, "gflops": m["flops"] * m["ours"] / 1e9, "total": total / 1e6, "hours": total / m["ours"] / 3600,
+            "loader_hours": total / m["loader"] / 3600}
 
 
-def row(key, measurement, unit, ours, baseline, ratio, goal=None, ratio_unit="x"):
-    """key: the same in every run (the measurement's text names this run's sizes). ratio: how many times
-    better ours is than the baseline, or (ratio_unit %) the fraction of a peak."""
-    return {"key": key, "measurement": measurement, "unit": unit, "ours": ours, "baseline": baseline,
-            "ratio": ratio, "ratio_unit": ratio_unit, "goal": goal,
-            "meets_goal": None if goal is None else ratio >= goal}
+def children_peak(done, interval=0.05):
+    """The peak resident memory of this process's children together, polled from /proc (Linux; elsewhere 0)
+    until `done` is set. ru_maxrss cannot tell it: a spawned worker starts as a fork of this process, and
+    Linux carries the fork's size, this whole process, across the exec into the worker's peak."""
+    peak, children = 0, Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children")  # the main thread starts them
+    while not done.wait(interval):
+        with contextlib.suppress(OSError):  # no /proc, or a worker that has just ended: the next poll counts
+            pages = sum(int(Path(f"/proc/{pid}/statm").read_text().split()[1]) for pid in children.read_text().split())
+            peak = max(peak, pages * os.sysconf("SC_PAGE_SIZE"))
+    return peak
+
+
+def simulation(sizes, world=World()):
+    """scenes/s with one worker and with every core (pool start-up included); with every core, this
+    process's peak memory beyond the output (tracemalloc) and the workers' (children_peak), in MB."""
+    workers = os.cpu_count() or 1
+    one_scenes = sizes["sim_per_core"] * workers
+    scenes = max(sizes["sim_scenes"], one_scenes)
+    print(f"simulating {one_scenes:,} scenes with 1 worker, then {scenes:,} with {workers}", file=sys.stderr)
+    start = time.perf_counter()
+    simulate_scenes(world, 0, 0, one_scenes, 1, progress=False)
+    one = one_scenes / (time.perf_counter() - start)
+    done = threading.Event()
+    tracemalloc.start()  # Python and numpy allocations of this process, not the workers'
+    with ThreadPoolExecutor(1) as poller:
+        workers_rss, start = poller.submit(children_peak, done), time.perf_counter()
+        try:
+            out = simulate_scenes(world, 0, 0, scenes, workers, progress=False)
+            every = scenes / (time.perf_counter() - start)
+        finally:
+            done.set()
+    extra = tracemalloc.get_traced_memory()[1] - out.nbytes
+    tracemalloc.stop()
+    return {"workers": workers, "scenes": scenes, "one_scenes": one_scenes, "extrapolated": EXTRAPOLATED_SCENES,
+            "one": one, "all": every, "one_s": EXTRAPOLATED_SCENES / one, "all_s": EXTRAPOLATED_SCENES / every,
+            "extra": extra / 2**20, "output": out.nbytes / 2**20, "workers_mb": workers_rss.result() / 2**20}
 
 
 def measure(device, sizes, seconds):
-    """Every measurement, in one run."""
+    """Every measurement, in one run, as table rows (ROWS filled in) and notes."""
     if device.type == "cpu":
         torch.set_flush_denormal(True)  # as npe.train does, process-wide: set here, both loops run alike
     with tempfile.TemporaryDirectory() as tmp:
         prefix = Path(tmp) / "data"
         with quiet():
-            meta = generate_dataset(prefix, sizes.dataset_scenes, seed=0, workers=1)
+            meta = generate_dataset(prefix, sizes["scenes"], seed=0, workers=1)
         windows = load_split(prefix, "train", meta)  # [W, 3, N, 5]
-        training = {kind: measure_training(kind, prefix, meta, windows, device, sizes, seconds, Path(tmp))
-                    for kind in RECIPES}
-    n = sizes.matmul[device.type]
-    peak = matmul_peak(device, n, seconds)
-    cores = os.cpu_count() or 1
-    one_worker_scenes = sizes.sim_scenes_per_core * cores
-    sim = simulation(one_worker_scenes, max(sizes.sim_scenes, one_worker_scenes), cores)
-    frames = windows[:sizes.rollout_scenes, :2].to(device)  # [S, 2, N, 5]
-    size = f"{len(frames)} scenes x {sizes.rollout_steps} steps"
-    log(f"rollouts of {size}: batched, then one scene at a time")
-    rollouts = {kind: rollout_speed(t["model"], frames, sizes.rollout_steps, device)
-                for kind, t in training.items()}
-    return {"training": training, "val_windows": meta["windows"]["val"], "seconds": seconds, "matmul": n,
-            "peak": peak, "simulation": sim, "rollout": rollouts, "rollout_size": size}
-
-
-def table_rows(m, device):
-    """The measurements as rows, in the issue's order: training, utilization, simulation, rollouts, budgets."""
-    cpu = device.type == "cpu"
-    training, sim, vs_loader = m["training"], m["simulation"], "npe.train vs DataLoader loop"
-    rows = [row(f"train_{kind}", f"train {kind} b{t['batch_size']}: {vs_loader}", "samples/s", t["ours"],
-                t["reference"], t["ours"] / t["reference"], goal=3.0 if cpu and kind == "classic" else None)
-            for kind, t in training.items()]
-    rows += [row(f"pairs_{kind}", f"train {kind} b{t['batch_size']} steps: neighbourhood pairs only vs every pair",
-                 "samples/s", *t["pairs"], t["pairs"][0] / t["pairs"][1]) for kind, t in training.items()]
-    rows += [row(f"train_{kind}_bf16", f"train {kind} b{t['batch_size']}: npe.train, bf16 autocast vs float32",
-                 "samples/s", t["bf16"], t["ours"], t["bf16"] / t["ours"]) for kind, t in training.items() if "bf16" in t]
-    for kind, t in training.items():
-        achieved, peak = t["flops"] * t["ours"] / 1e9, m["peak"] / 1e9
-        rows.append(row(f"utilization_{kind}", f"utilization {kind} b{t['batch_size']}: npe.train vs "
-                        f"{m['matmul']}x{m['matmul']} matmul", "GFLOP/s", achieved, peak, achieved / peak,
-                        goal=0.30 if cpu and kind == "modern" else None, ratio_unit="%"))
-    speedup, workers = sim["every"] / sim["one"], sim["workers"]
-    rows += [
-        row("simulate_speed", f"simulate {sim['scenes']:,} scenes with {workers} workers vs "
-            f"{sim['one_worker_scenes']:,} with 1", "scenes/s", sim["every"], sim["one"], speedup,
-            goal=0.8 * workers),
-        row("simulate_time", f"simulate {EXTRAPOLATED_SCENES:,} scenes, from scenes/s: {workers} workers vs 1", "s",
-            EXTRAPOLATED_SCENES / sim["every"], EXTRAPOLATED_SCENES / sim["one"], speedup),
-        row("simulate_memory", f"simulate {sim['scenes']:,} scenes with {workers} workers: peak memory beyond "
-            f"the output vs the output", "MB", sim["extra"] / MB, sim["output"] / MB, sim["extra"] / sim["output"]),
-    ]
-    rows += [row(f"rollout_{kind}", f"rollout {kind} {m['rollout_size']}: batched vs per-scene loop",
-                 "scene-steps/s", batched, looped, batched / looped, goal=20.0)
-             for kind, (batched, looped) in m["rollout"].items()]
-    for kind, t in training.items():
-        total = RECIPES[kind]["total_samples"]
-        rows.append(row(f"budget_{kind}", f"full budget {kind} {total / 1e6:g}M samples b{t['batch_size']}: "
-                        f"{vs_loader}", "h", total / t["ours"] / 3600, total / t["reference"] / 3600,
-                        t["ours"] / t["reference"]))
-    return rows
-
-
-def table_notes(m):
-    sim = m["simulation"]
-    workers = (f"the simulation workers together peaked at {sim['workers_rss'] / MB:.0f} MB resident (polled "
-               f"from /proc)" if sim["workers_rss"]
-               else "no simulation worker process was seen (one core, or no /proc to read)")
-    return [
-        "model FLOPs: matmuls of one training step (forward and backward), counted by FlopCounterMode: "
-        + ", ".join(f"{kind} {t['flops'] / 1e6:.3g} MFLOP/sample" for kind, t in m["training"].items())
-        + "; elementwise work (activations, LayerNorm, optimizer) is not counted",
-        f"npe.train is timed by its own clock, which includes one final validation ({m['val_windows']} windows); "
-        f"the DataLoader loop runs {m['seconds']:g} s, npe.train the same number of steps",
-        f"memory beyond the output: the peak of this process, traced by tracemalloc; {workers}",
-        "ratio: how many times better ours is than the baseline (for times: baseline / ours); "
-        "utilization: the fraction of the matmul peak. Goals apply to the ratio.",
-    ]
-
-
-def environment(device):
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-    else:
-        cpuinfo = Path("/proc/cpuinfo")
-        models = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                  if line.startswith("model name")] if cpuinfo.is_file() else []
-        name = models[0] if models else platform.processor() or platform.machine()
-    return {"device": device.type, "device_name": name, "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "cores": os.cpu_count(), "python": platform.python_version()}
-
-
-def number(x):
-    return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.3g}"
-
-
-def ratio_text(x, unit):
-    return f"{100 * x:.1f}%" if unit == "%" else f"{x:.2f}x"
-
-
-def table(rows):
-    """The rows as an aligned text table."""
-    head = ["measurement", "ours", "baseline", "ratio", "goal"]
-    cells = [[r["measurement"], f"{number(r['ours'])} {r['unit']}", f"{number(r['baseline'])} {r['unit']}",
-              ratio_text(r["ratio"], r["ratio_unit"]),
-              "" if r["goal"] is None else f">= {ratio_text(r['goal'], r['ratio_unit'])}: "
-                                           f"{'met' if r['meets_goal'] else 'NOT met'}"] for r in rows]
-    widths = [max(len(line[i]) for line in [head, *cells]) for i in range(len(head))]
-    lines = [" | ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in [head, *cells]]
-    lines.insert(1, "-+-".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def to_csv(rows):
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return text.getvalue()
+        models = [measure_model(kind, prefix, meta, windows, device, sizes, seconds) for kind in RECIPES]
+    n = sizes["matmul"][device.type]
+    print(f"peak: {n} x {n} matmul for {seconds:g} s", file=sys.stderr)
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    shared = {"n": n, "peak": 2 * n**3 * rate(device, seconds, lambda: a @ b)[0] / 1e9, **simulation(sizes)}
+    rows = []
+    for key, text, unit, ours, base in ROWS:
+        for v in [{**shared, **m} for m in models] if "{kind}" in key else [shared]:
+            if ours in v:
+                rows.append({"key": key.format(**v), "measurement": text.format(**v), "unit": unit,
+                             "ours": v[ours], "baseline": v[base],
+                             "ratio": v[base] / v[ours] if unit in ("s", "h") else v[ours] / v[base],
+                             "ratio_unit": "%" if unit == "GFLOP/s" else "x"})
+    flops = ", ".join(f"{m['kind']} {m['flops'] / 1e6:.3g} MFLOP/sample" for m in models)
+    return rows, [f"model FLOPs (matmuls of a training step, forward and backward): {flops}",
+                  f"the simulation workers together peaked at {shared['workers_mb']:.0f} MB resident (0: none seen)"]
 
 
 def main():
@@ -410,22 +225,27 @@ def main():
     p.add_argument("--out_dir", type=Path, default=Path("bench"), help="writes bench_<device>.csv and .json here")
     p.add_argument("--tiny", action="store_true", help="tiny sizes, a few seconds: checks that the benchmark runs")
     args = p.parse_args()
-    sizes = TINY if args.tiny else FULL
-    device = pick_device(args.device)
-    seconds = args.seconds or sizes.seconds
-    env = environment(device)
+    sizes, device = TINY if args.tiny else FULL, pick_device(args.device)
+    seconds = args.seconds or sizes["seconds"]
     csv_path = ensure_parent(args.out_dir / f"bench_{device.type}.csv")  # a bad --out_dir fails now, not later
-    json_path = csv_path.with_suffix(".json")
-    measured = measure(device, sizes, seconds)
-    rows, notes = table_rows(measured, device), table_notes(measured)
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []
+    cpus = [line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")]
+    env = {"device": device.type, "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
+           else (cpus or [platform.machine()])[0], "torch": torch.__version__, "threads": torch.get_num_threads(),
+           "cores": os.cpu_count(), "python": platform.python_version()}
+    rows, notes = measure(device, sizes, seconds)
     print(f"{env['device_name']} ({env['device']}), torch {env['torch']}, {env['threads']} threads, "
           f"{env['cores']} cores, python {env['python']}{', tiny sizes' if args.tiny else ''}")
-    print(table(rows))
+    print("| measurement | ours | baseline | ratio |\n|---|---|---|---|")
+    for r in rows:
+        ours, base = (f"{x:{',.0f' if x >= 100 else '.3g'}}" for x in (r["ours"], r["baseline"]))
+        ratio = f"{100 * r['ratio']:.1f}%" if r["ratio_unit"] == "%" else f"{r['ratio']:.2f}x"
+        print(f"| {r['measurement']} | {ours} {r['unit']} | {base} | {ratio} |")
     print("\n".join(f"- {note}" for note in notes))
-    save_text(to_csv(rows), csv_path)
-    save_text(json.dumps({"environment": env, "tiny": args.tiny, "seconds": seconds, "rows": rows,
-                          "notes": notes}, indent=2) + "\n", json_path)
-    print(f"wrote {csv_path} and {json_path}")
+    save_text(pd.DataFrame(rows).to_csv(index=False), csv_path)
+    save_text(json.dumps({"environment": env, "tiny": args.tiny, "seconds": seconds, "rows": rows, "notes": notes},
+                         indent=2) + "\n", csv_path.with_suffix(".json"))
+    print(f"wrote {csv_path} and {csv_path.with_suffix('.json')}")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@ metadata (world, dt, state_scale) and samples seen. Plain tensors and containers
 with torch.load(..., weights_only=True)."""
 from pathlib import Path
 
-from .cli import NPEError
+from .cli import NPEError, checkpoint_paths
 from .config import CHECKPOINT_FORMAT
 from .files import load_torch, save_torch
 from .models import MODELS, build_model
@@ -36,8 +36,8 @@ def load_checkpoint(path, kind=None):
         raise NPEError(f"{path} has checkpoint format {ckpt.get('format')}, this code reads format "
                        f"{CHECKPOINT_FORMAT}; train it again with this version")
     if kind and ckpt["kind"] != kind:
-        raise NPEError(f"{path} holds a {ckpt['kind']} NPE, but a {kind} one is needed here "
-                       f"(pass it with --{ckpt['kind']}_ckpt)")
+        raise NPEError(f"{path} holds a {ckpt['kind']} model, but --{kind}_ckpt takes a {kind} NPE "
+                       f"(pass it with --ckpts)")
     return ckpt
 
 
@@ -49,22 +49,8 @@ def load_model(path, device="cpu", kind=None):
         model.load_state_dict(ckpt["state_dict"])
     except (TypeError, RuntimeError, KeyError) as err:
         raise NPEError(f"{path} does not match its model config: {str(err).splitlines()[0]}") from None
-    model.meta = ckpt["meta"]
+    model.meta, model.path = ckpt["meta"], Path(path)
     return model.to(device).eval()
-
-
-def add_checkpoint_flags(parser):
-    """--classic_ckpt and --modern_ckpt, defaulting to the shipped pretrained checkpoints."""
-    for kind in ("classic", "modern"):
-        parser.add_argument(f"--{kind}_ckpt", type=Path, default=Path(f"pretrained/npe_{kind}.pt"),
-                            help=f"{kind} NPE checkpoint")
-
-
-def load_classic_and_modern(args):
-    """The two models named by add_checkpoint_flags, checked to share one world -> ({kind: model}, meta)."""
-    models = {kind: load_model(getattr(args, f"{kind}_ckpt"), kind=kind) for kind in ("classic", "modern")}
-    meta = same_world([m.meta for m in models.values()], [args.classic_ckpt, args.modern_ckpt])
-    return models, meta
 
 
 def same_world(metas, paths):
@@ -89,9 +75,13 @@ def runnable(models, objects, label):
     return fits
 
 
-def load_models(paths):
-    """Checkpoints of any kind, trained in one world -> ({file stem: model}, that world's metadata)."""
-    models = {Path(path).stem: load_model(path) for path in paths}
-    if len(models) < len(paths):
-        raise NPEError("two checkpoints share a file name; copy one to another name to tell them apart")
-    return models, same_world([m.meta for m in models.values()], paths)
+def load_models(args):
+    """The checkpoints named by cli.add_checkpoint_flags' flags, trained in one world -> ({label: model},
+    that world's metadata). Each model's file is `model.path`."""
+    models = {label: load_model(path, kind=kind) for label, path, kind in checkpoint_paths(args)}
+    return models, same_world([m.meta for m in models.values()], [m.path for m in models.values()])
+
+
+def describe_models(models):
+    """"label (path), ..." of models {label: model} loaded by load_model."""
+    return ", ".join(f"{label} ({model.path})" for label, model in models.items())

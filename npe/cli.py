@@ -3,7 +3,9 @@ errors are one line, flag types that reject nonsense, the experiment scripts' fl
 that exits with status 2."""
 import argparse
 import math
+import os
 import sys
+import time
 from pathlib import Path
 
 from .config import LAYOUTS, World
@@ -100,10 +102,102 @@ def run_cli(main):
         sys.exit(130)
 
 
+def add_world_flags(parser, defaults=True):
+    """--num_balls, --masses and --layout: the sets each scene draws its balls, their masses and its layout
+    from. With defaults, the paper's 4 balls of mass 1 in the plain box; else each left out keeps the
+    checkpoints' world (world_changes)."""
+    def default(value):
+        return value if defaults else None
+    keep = "" if defaults else " (default: as in training)"
+    parser.add_argument("--num_balls", type=list_of(positive_int), default=default("4"),
+                        help=f"balls per scene, or a set to draw from per scene, e.g. 3,4,5{keep}")
+    parser.add_argument("--masses", type=list_of(positive_float), default=default("1"),
+                        help=f"the mass of each ball is drawn from this set, e.g. 1,5,25{keep}")
+    parser.add_argument("--layout", type=list_of(str, LAYOUTS), default=default("O"),
+                        help=f"obstacle layout per scene, or a set to draw from: {', '.join(LAYOUTS)} "
+                             f"(O: plain box; see docs/data.md){keep}")
+
+
+def world_changes(args):
+    """{World field: value} of the world flags given (add_world_flags(defaults=False))."""
+    given = {"num_balls": args.num_balls, "masses": args.masses, "layouts": args.layout}
+    return {field: value for field, value in given.items() if value is not None}
+
+
+def add_threads_flag(parser):
+    parser.add_argument("--threads", type=nonnegative_int, default=0,
+                        help="CPU threads for torch (0: OMP_NUM_THREADS if set, else the cores that other jobs "
+                             "leave free when the script starts)")
+
+
+def free_cores(seconds=0.2):
+    """The cores this process may use less those that other processes kept busy over `seconds` (from
+    /proc/stat), at least 1; all of them where /proc is not there."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+    def times():  # (all, idle) jiffies of every CPU together
+        ticks = [int(t) for t in open("/proc/stat").readline().split()[1:]]
+        return sum(ticks), ticks[3] + ticks[4]  # idle and iowait
+    try:
+        (all0, idle0), _, (all1, idle1) = times(), time.sleep(seconds), times()
+    except (OSError, ValueError, IndexError):
+        return cores
+    busy = round((os.cpu_count() or 1) * (1 - (idle1 - idle0) / max(1, all1 - all0)))
+    return max(1, cores - busy)
+
+
+def set_threads(requested):
+    """Set torch's CPU threads to `requested` (0: auto, see add_threads_flag); returns the number.
+
+    Torch's default, one thread per core, collapses when another job holds a core: its threads wait for
+    each other. The quickstart's classic training ran at 5,747 samples/s with 2 threads beside a second
+    training run, 13,907 with 1, and 43,473 with 2 alone (2-core AMD EPYC).
+    """
+    import torch  # here: the simulator's worker processes import this module and must not load torch
+    if requested or "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(requested or free_cores())
+    return torch.get_num_threads()
+
+
+PRETRAINED = {"classic": Path("pretrained/npe_classic.pt"), "modern": Path("pretrained/npe_modern.pt")}
+
+
+def add_checkpoint_flags(parser, ckpts_help, required=False):
+    """--ckpts and --labels; unless `required`, also --classic_ckpt and --modern_ckpt (the seed's flags), and
+    the shipped pretrained pair when no checkpoint is named. checkpoint_paths() reads them."""
+    default = "" if required else " (default: the shipped pretrained/npe_classic.pt and npe_modern.pt)"
+    parser.add_argument("--ckpts", type=Path, nargs="+", required=required, default=None,
+                        help=f"{ckpts_help}; any kinds, trained in one world{default}")
+    parser.add_argument("--labels", nargs="+", default=None,
+                        help="one label per checkpoint, in order, for tables, legends, panels and video names "
+                             "(default: the file stems)")
+    if not required:
+        for kind in PRETRAINED:
+            parser.add_argument(f"--{kind}_ckpt", type=Path, default=None,
+                                help=f"a {kind} NPE checkpoint; alone, just that model (same as --ckpts)")
+
+
+def checkpoint_paths(args):
+    """[(label, path, kind or None)] of the checkpoints named by add_checkpoint_flags' flags, in order."""
+    named = [(path, kind) for kind in PRETRAINED if (path := getattr(args, f"{kind}_ckpt", None))]
+    if args.ckpts and named:
+        raise NPEError("name checkpoints either with --ckpts or with --classic_ckpt / --modern_ckpt, not both")
+    if args.ckpts:
+        named = [(path, None) for path in args.ckpts]
+    named = named or [(path, None) for path in PRETRAINED.values()]
+    labels = args.labels or [path.stem for path, _ in named]
+    if len(labels) != len(named):
+        raise NPEError(f"--labels gives {len(labels)} labels for {len(named)} checkpoints; give one per checkpoint")
+    if len(set(labels)) < len(labels):
+        raise NPEError(f"two checkpoints would share the label {max(labels, key=labels.count)!r}; "
+                       f"tell them apart with --labels")
+    return [(label, path, kind) for label, (path, kind) in zip(labels, named)]
+
+
 def add_experiment_flags(parser, ckpts_help, what, num_scenes, seed):
-    """The flags of the scripts that run checkpoints in fresh scenes of several worlds: --ckpts, then
-    --num_balls and --layout (each value its own world; default: the training world), --num_scenes, --seed."""
-    parser.add_argument("--ckpts", type=Path, nargs="+", required=True, help=ckpts_help)
+    """The flags of the scripts that run checkpoints in fresh scenes of several worlds: --ckpts and --labels,
+    then --num_balls and --layout (each value its own world; default: the training world), --num_scenes, --seed."""
+    add_checkpoint_flags(parser, ckpts_help, required=True)
     parser.add_argument("--num_balls", type=list_of(positive_int), default=None,
                         help=f"numbers of balls {what}, each a world of its own, e.g. 6,7,8 (default: as in training)")
     parser.add_argument("--layout", type=list_of(str, LAYOUTS), default=None,

@@ -66,6 +66,13 @@ class World:
     def to_dict(self):
         return asdict(self)
 
+    def describe(self):
+        """What the scenes draw from, e.g. "3,4,5 balls, masses 1,5,25, layouts O,L"."""
+        def join(values):
+            return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
+        masses, layouts = ("masses" if len(self.masses) > 1 else "mass"), ("layouts" if len(self.layouts) > 1 else "layout")
+        return f"{join(self.num_balls)} balls, {masses} {join(self.masses)}, {layouts} {join(self.layouts)}"
+
     @classmethod
     def from_dict(cls, world):
         """A World from to_dict() or its JSON (lists for tuples)."""

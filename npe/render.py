@@ -5,6 +5,7 @@ import imageio.v2 as imageio
 import matplotlib
 
 matplotlib.use("Agg")
+matplotlib.rcParams["text.parse_math"] = False  # labels come from file names: a "$" is a dollar sign
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -16,7 +17,7 @@ from .files import atomic_path  # noqa: E402
 
 DPI = 100
 PANEL_PX = 480  # width of one panel
-PAD_PX, TITLE_PX, FOOTER_PX = 10, 40, 34
+PAD_PX, TITLE_PX, FOOTER_PX = 10, 56, 34  # room for two-line panel titles
 START_FRAMES = 2  # the true frames t-1, t that every rollout starts from
 
 
@@ -26,11 +27,11 @@ def _frame_label(frame, total):
     return f"frame {frame + 1} / {total}   (rollout step {frame + 1 - START_FRAMES})"
 
 
-def _figure(titles, world, num_balls, blocks):
+def _figure(titles, world, masses, blocks):
     """The static figure: one axes per panel with its title, the box and the blocks (centres [K, 2] px),
     sized so that the pixel dimensions are multiples of 16 (H.264 macroblocks; imageio would otherwise
-    rescale, with a warning). Returns the figure, one ball collection per panel and the frame counter,
-    the last two animated."""
+    rescale, with a warning). Returns the figure, per panel its ball collection and the balls' mass
+    labels (none when all balls weigh the same), and the frame counter; all but the figure animated."""
     w, h, r, side = world["width"], world["height"], world["radius"], world.get("block_size", 0)
     margin = r / 2  # a little room around the box, so a ball a model pushes through a wall stays visible
     box_w = PANEL_PX - 2 * PAD_PX
@@ -38,8 +39,9 @@ def _figure(titles, world, num_balls, blocks):
     fig_w = 16 * math.ceil(PANEL_PX * len(titles) / 16)
     fig_h = 16 * math.ceil((TITLE_PX + box_h + FOOTER_PX) / 16)
     fig = plt.figure(figsize=(fig_w / DPI, fig_h / DPI), dpi=DPI)
+    num_balls = len(masses)
     colours = [plt.get_cmap("tab10").colors[i % 10] for i in range(num_balls)]
-    balls = []
+    balls, labels = [], []
     for k, title in enumerate(titles):
         ax = fig.add_axes([(k * PANEL_PX + PAD_PX) / fig_w, (fig_h - TITLE_PX - box_h) / fig_h,
                            box_w / fig_w, box_h / fig_h])
@@ -53,15 +55,18 @@ def _figure(titles, world, num_balls, blocks):
         balls.append(ax.add_collection(EllipseCollection(
             2 * r, 2 * r, 0, units="xy", offsets=np.zeros((num_balls, 2)), offset_transform=ax.transData,
             facecolors=colours, animated=True)))
+        labels.append([ax.text(0, 0, f"{m:g}", ha="center", va="center", fontsize=12, fontweight="bold",
+                               color="white", animated=True) for m in masses] if len(set(masses)) > 1 else [])
     counter = fig.text(0.5, FOOTER_PX / 2 / fig_h, "", ha="center", va="center", fontsize=12, animated=True)
-    return fig, balls, counter
+    return fig, balls, labels, counter
 
 
-def render_triple(panels, meta, path, fps=30):
+def render_rollouts(panels, meta, path, fps=30):
     """panels {title: normalized states [T, N, 5]} -> an mp4 at `path`, the panels side by side in order.
 
     The first START_FRAMES frames are labelled as the true start that all panels share. Ball i has the
-    same colour in every panel; blocks are drawn grey, padding not at all. Written atomically; H.264 in yuv420p, which browsers and ordinary
+    same colour in every panel and, when the balls' masses differ, its mass written on it; blocks are
+    drawn grey, padding not at all. Written atomically; H.264 in yuv420p, which browsers and ordinary
     players open.
     """
     states = list(panels.values())
@@ -71,8 +76,8 @@ def render_triple(panels, meta, path, fps=30):
     mass = states[0][0, :, MASS].cpu()  # [N]: > 0 ball, 0 block, PAD_MASS padding
     positions = [(s[:, mass > 0, POS].float().cpu() * scale).numpy() for s in states]  # each [T, balls, 2], px
     blocks = (states[0][0, mass == 0, POS].float().cpu() * scale).numpy()  # [K, 2] px
-    total, num_balls = positions[0].shape[:2]
-    fig, balls, counter = _figure(list(panels), meta["world"], num_balls, blocks)
+    total = len(positions[0])
+    fig, balls, labels, counter = _figure(list(panels), meta["world"], mass[mass > 0].tolist(), blocks)
     try:
         # Blitting: the titles and boxes are drawn once; each frame restores that background and
         # draws only the balls and the counter, instead of laying out the whole figure again.
@@ -84,9 +89,12 @@ def render_triple(panels, meta, path, fps=30):
                                     ffmpeg_log_level="error") as writer:
                 for t in range(total):
                     fig.canvas.restore_region(background)
-                    for panel, pos in zip(balls, positions):
+                    for panel, texts, pos in zip(balls, labels, positions):
                         panel.set_offsets(pos[t])
                         fig.draw_artist(panel)
+                        for text, xy in zip(texts, pos[t]):
+                            text.set_position(xy)
+                            fig.draw_artist(text)
                     counter.set_text(_frame_label(t, total))
                     fig.draw_artist(counter)
                     writer.append_data(np.asarray(fig.canvas.buffer_rgba())[..., :3])  # RGBA -> RGB

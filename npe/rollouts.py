@@ -69,6 +69,15 @@ def compare(models, scenes, steps):
     return pd.DataFrame(rows)
 
 
+def summary_text(table, steps):
+    """compare() rows -> a plain-text table per metric: a row per model, a column per step in `steps`."""
+    at = table[table.step.isin(steps)]
+    order = list(dict.fromkeys(at.model))
+    return "\n\n".join(f"{column.replace('_', ' ')}:\n"
+                        + at.pivot(index="model", columns="step", values=column).loc[order].round(3).to_string()
+                        for column in ("cosine_similarity", "relative_magnitude_error", "relative_magnitude_error_median"))
+
+
 def results_markdown(table, steps, test_mse):
     """The README's results table: metrics at `steps` for each model, plus one-step test MSE {model: mse}."""
     head = ["model"] + [f"cos@{s}" for s in steps] + [f"rel.err@{s} mean / median" for s in steps]

@@ -17,7 +17,8 @@ from tqdm import tqdm
 
 from . import distributed
 from .checkpoint import load_checkpoint, save_checkpoint
-from .cli import Interrupted, NPEError, Parser, fraction, nonnegative_float, positive_float, positive_int
+from .cli import (Interrupted, NPEError, Parser, add_threads_flag, fraction, nonnegative_float, positive_float,
+                  positive_int, set_threads)
 from .config import VEL, is_ball
 from .data import load_meta, load_split
 from .files import save_text
@@ -69,6 +70,7 @@ def train_parser(recipe, description):
                    help="std of Gaussian noise added to input positions and velocities (normalized units)")
     p.add_argument("--seed", type=int, default=0, help="seed for initialization and batch order")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CUDA when present")
+    add_threads_flag(p)
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--compile_mode", choices=["default", "reduce-overhead", "max-autotune"], default="default",
                    help="with --compile: torch.compile's mode (reduce-overhead replays CUDA graphs, which cuts "
@@ -247,6 +249,7 @@ def prepare(args, device):
     """The data on the device, the model (new, or as saved with --resume), its optimizer and state."""
     if device.type == "cpu":
         torch.set_flush_denormal(True)  # denormal floats slowed RMSprop ~25x mid-run on CPU
+        set_threads(args.threads)
     else:
         torch.backends.cuda.matmul.allow_tf32 = True  # TF32 tensor cores for float32 matmuls
         torch.backends.cudnn.allow_tf32 = True
@@ -334,9 +337,10 @@ def announce(run):
     state, args = run.state, run.args
     verb = f"resuming at step {state.step:,} of" if args.resume else "training for"
     processes = f" x {distributed.world_size()} processes" if distributed.world_size() > 1 else ""
+    threads = f" ({torch.get_num_threads()} threads)" if run.device.type == "cpu" else ""
     print(f"{args.model} model: {sum(p.numel() for p in run.model.parameters()):,} parameters, "
           f"{len(run.train_set):,} train windows; {verb} {run.steps:,} steps of {args.batch_size}{processes} "
-          f"on {run.device}")
+          f"on {run.device}{threads}")
 
 
 def new_epoch(run):

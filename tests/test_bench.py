@@ -1,5 +1,5 @@
-"""The benchmark (python -m npe.bench --tiny) end to end: a table of finite, positive numbers in JSON and
-CSV, and the training recipes it measures are the training scripts' own. No timing is asserted."""
+"""The benchmark (python -m npe.bench --tiny) end to end: a row for every measurement, of finite,
+positive numbers, the same in JSON and CSV, under a header that names the machine. No timing is asserted."""
 import csv
 import json
 import math
@@ -11,8 +11,9 @@ import pytest
 
 from conftest import REPO
 
-KEYS = ["train_classic", "train_modern", "pairs_classic", "pairs_modern", "train_modern_bf16", "utilization_classic", "utilization_modern", "simulate_speed",
-        "simulate_time", "simulate_memory", "rollout_classic", "rollout_modern", "budget_classic", "budget_modern"]
+KEYS = ["train_classic", "train_modern", "pairs_classic", "pairs_modern", "train_modern_bf16", "utilization_classic",
+        "utilization_modern", "simulate_speed", "simulate_time", "simulate_memory", "rollout_classic", "rollout_modern",
+        "budget_classic", "budget_modern"]
 NUMBERS = ["ours", "baseline", "ratio"]
 
 
@@ -42,16 +43,10 @@ def test_every_json_row_has_finite_positive_numbers(bench):
         assert r["ratio_unit"] in ("x", "%")
 
 
-def test_goals_are_judged_on_the_ratio(bench):
-    _, report, _ = bench
-    judged = [r for r in report["rows"] if r["goal"] is not None]
-    assert {r["key"] for r in judged} >= {"train_classic", "utilization_modern", "simulate_speed", "rollout_classic"}
-    assert all(r["meets_goal"] == (r["ratio"] >= r["goal"]) for r in judged)
-
-
 def test_csv_holds_the_same_rows_as_the_json(bench):
     _, report, csv_rows = bench
     assert [r["key"] for r in csv_rows] == KEYS
+    assert list(csv_rows[0]) == list(report["rows"][0])
     for from_csv, from_json in zip(csv_rows, report["rows"]):
         for column in NUMBERS:
             assert float(from_csv[column]) == pytest.approx(from_json[column])
