@@ -6,7 +6,7 @@ from pathlib import Path
 import pandas as pd
 
 from npe.checkpoint import describe_models, load_models, runnable
-from npe.cli import (Parser, add_experiment_flags, add_threads_flag, experiment_worlds, positive_int, run_cli,
+from npe.cli import (Parser, add_experiment_flags, experiment_worlds, positive_int, run_cli,
                      set_threads)
 from npe.config import World
 from npe.data import simulate
@@ -22,7 +22,6 @@ def main():
     p.add_argument("--rollout_steps", type=positive_int, default=50, help="autoregressive steps")
     p.add_argument("--out_png", type=Path, default=Path("figs/generalization.png"),
                    help="figure; the CSV and a Markdown table are written beside it with the same stem")
-    add_threads_flag(p)
     args = p.parse_args()
     print(f"{set_threads(args.threads)} CPU threads")
     models, meta = load_models(args)

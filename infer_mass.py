@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from npe.checkpoint import describe_models, load_models, runnable
-from npe.cli import (NPEError, Parser, add_experiment_flags, add_threads_flag, experiment_worlds, positive_int,
+from npe.cli import (NPEError, Parser, add_experiment_flags, experiment_worlds, positive_int,
                      run_cli, set_threads)
 from npe.config import MASS, World
 from npe.data import simulate
@@ -25,7 +25,6 @@ def main():
     p.add_argument("--observe_frames", type=positive_int, default=30, help="frames observed per scene (3 or more)")
     p.add_argument("--out_csv", type=Path, default=Path("figs/mass_inference.csv"),
                    help="table of results; a Markdown copy is written beside it")
-    add_threads_flag(p)
     args = p.parse_args()
     print(f"{set_threads(args.threads)} CPU threads")
     if args.observe_frames < 3:

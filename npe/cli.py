@@ -150,8 +150,9 @@ def set_threads(requested):
     """Set torch's CPU threads to `requested` (0: auto, see add_threads_flag); returns the number.
 
     Torch's default, one thread per core, collapses when another job holds a core: its threads wait for
-    each other. The quickstart's classic training ran at 5,747 samples/s with 2 threads beside a second
-    training run, 13,907 with 1, and 43,473 with 2 alone (2-core AMD EPYC).
+    each other. The quickstart's classic training (2-core AMD EPYC, two rounds) ran at 70,679-82,767
+    samples/s with 2 threads alone; beside a second training run, at 14,654-17,378 with 2 threads and
+    39,323-42,021 with 1, which auto picked there (34,329-41,845).
     """
     import torch  # here: the simulator's worker processes import this module and must not load torch
     if requested or "OMP_NUM_THREADS" not in os.environ:
@@ -196,7 +197,8 @@ def checkpoint_paths(args):
 
 def add_experiment_flags(parser, ckpts_help, what, num_scenes, seed):
     """The flags of the scripts that run checkpoints in fresh scenes of several worlds: --ckpts and --labels,
-    then --num_balls and --layout (each value its own world; default: the training world), --num_scenes, --seed."""
+    then --num_balls and --layout (each value its own world; default: the training world), --num_scenes, --seed,
+    --threads."""
     add_checkpoint_flags(parser, ckpts_help, required=True)
     parser.add_argument("--num_balls", type=list_of(positive_int), default=None,
                         help=f"numbers of balls {what}, each a world of its own, e.g. 6,7,8 (default: as in training)")
@@ -206,6 +208,7 @@ def add_experiment_flags(parser, ckpts_help, what, num_scenes, seed):
     parser.add_argument("--num_scenes", type=positive_int, default=num_scenes, help="fresh scenes per world")
     parser.add_argument("--seed", type=nonnegative_int, default=seed,
                         help="seed of the fresh scenes (not a training seed)")
+    add_threads_flag(parser)
 
 
 def experiment_worlds(args, meta):

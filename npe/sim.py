@@ -165,7 +165,7 @@ def simulate_scenes(world: World, seed: int, start: int, stop: int, workers: int
 def _run(fn, jobs, workers):
     """fn over jobs, in order, in `workers` processes (in this one when workers is 1)."""
     if workers == 1:
-        yield from map(fn, jobs)
+        yield from _between_jobs_on_ctrl_c(fn, jobs)
         return
     # Workers ignore Ctrl-C: the terminal sends it to them too, and only this process should handle it.
     # They inherit "ignored" from this process while it starts them, so they ignore it from their first
@@ -178,3 +178,25 @@ def _run(fn, jobs, workers):
         signal.signal(signal.SIGINT, handler)
     with pool:
         yield from pool.imap(fn, jobs)
+
+
+def _between_jobs_on_ctrl_c(fn, jobs):
+    """fn over jobs in this process, with Ctrl-C raised as KeyboardInterrupt after the job it came in.
+
+    pymunk calls back into Python from inside its C step, and an interrupt raised in such a callback is
+    printed and swallowed: the generation went on as if nothing had happened.
+    """
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield from map(fn, jobs)  # SIGINT ignored or handled elsewhere: leave it so
+        return
+    asked = []
+    signal.signal(signal.SIGINT, lambda signum, frame: asked.append(signum))
+    try:
+        for job in jobs:
+            result = fn(job)
+            if asked:
+                raise KeyboardInterrupt
+            yield result
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+

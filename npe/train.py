@@ -337,7 +337,7 @@ def announce(run):
     state, args = run.state, run.args
     verb = f"resuming at step {state.step:,} of" if args.resume else "training for"
     processes = f" x {distributed.world_size()} processes" if distributed.world_size() > 1 else ""
-    threads = f" ({torch.get_num_threads()} threads)" if run.device.type == "cpu" else ""
+    threads = f" ({torch.get_num_threads()} CPU threads)" if run.device.type == "cpu" else ""
     print(f"{args.model} model: {sum(p.numel() for p in run.model.parameters()):,} parameters, "
           f"{len(run.train_set):,} train windows; {verb} {run.steps:,} steps of {args.batch_size}{processes} "
           f"on {run.device}{threads}")

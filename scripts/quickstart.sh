@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The whole workflow at small scale on a CPU (about 10 minutes on 2 cores): set up .venv, generate
-# 3,000 scenes, train both models for a few minutes, plot their curves, then roll out the shipped
-# pretrained checkpoints and your fresh ones: videos and the comparison with constant velocity.
+# The whole workflow at small scale on a CPU (QUICKSTART_TIME): set up .venv, generate 3,000 scenes,
+# train a classic and a modern NPE for a few million samples each, plot their curves, then compare your
+# fresh models and the shipped pretrained ones with constant velocity and render videos of the pretrained.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -16,9 +16,11 @@ $PY train_npe_4ball_modern.py --dataset_prefix $DATA --msg_dim 64 --enc_blocks 2
   --name quickstart_modern --metrics_csv logs/quickstart_modern.csv
 $PY plot_compare_classic_vs_modern_samples.py --classic_csv logs/quickstart_classic.csv \
   --modern_csv logs/quickstart_modern.csv --out_png figs/quickstart_train_val.png
+echo "== Your fresh quickstart models (minutes of training) =="
 $PY compare_rollouts_classic_vs_modern.py --classic_ckpt checkpoints/quickstart_classic.pt \
   --modern_ckpt checkpoints/quickstart_modern.pt --num_scenes 200 --rollout_steps 50 \
   --out_png figs/quickstart_rollouts.png
+echo "== The shipped pretrained models (an hour of training each) =="
 $PY compare_rollouts_classic_vs_modern.py --num_scenes 200 --rollout_steps 50 \
   --out_png figs/pretrained_rollouts.png
 $PY render_rollout_triple.py --num_scenes 3 --rollout_steps 60 --out_dir videos

@@ -1,25 +1,22 @@
 """The public API: `import npe` gives load_model, rollout, simulate and load_dataset, listed by dir(npe),
 callable after their modules are imported too; importing the simulator (as each worker does) loads no torch."""
-import subprocess
-import sys
-
 import pytest
 
-from conftest import REPO, check
+from conftest import check, run_python
 
 PUBLIC = ["load_dataset", "load_model", "rollout", "simulate"]
 
 
 def python(code):
     """stdout of `code` run in a fresh interpreter from the repository root."""
-    return check(subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
-                                timeout=120)).stdout
+    return check(run_python("-c", code, timeout=120)).stdout
 
 
 def test_dir_lists_every_public_function():
     assert set(PUBLIC) <= set(python("import npe; print(' '.join(dir(npe)))").split())
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch and every module, per name
 @pytest.mark.parametrize("name", PUBLIC)
 def test_public_function_stays_a_function_once_every_module_is_imported(name):
     code = ("import npe, npe.rollouts, npe.data, npe.checkpoint, npe.models, npe.train; import inspect; "

@@ -3,13 +3,14 @@ positive numbers, the same in JSON and CSV, under a header that names the machin
 import csv
 import json
 import math
-import os
 import subprocess
 import sys
 
 import pytest
 
-from conftest import REPO
+from conftest import CHILD_ENV, REPO
+
+pytestmark = pytest.mark.slow
 
 KEYS = ["train_classic", "train_modern", "pairs_classic", "pairs_modern", "train_modern_bf16", "utilization_classic",
         "utilization_modern", "simulate_speed", "simulate_time", "simulate_memory", "rollout_classic", "rollout_modern",
@@ -21,9 +22,8 @@ NUMBERS = ["ours", "baseline", "ratio"]
 def bench(tmp_path_factory):
     """stdout, the JSON and the CSV rows of one tiny run on the CPU."""
     out = tmp_path_factory.mktemp("bench")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, "-m", "npe.bench", "--tiny", "--device", "cpu", "--out_dir", str(out)],
-                            cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+                            cwd=REPO, env=CHILD_ENV, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, f"exit status {result.returncode}\n{result.stderr[-3000:]}"
     with open(out / "bench_cpu.csv", newline="") as f:
         csv_rows = list(csv.DictReader(f))

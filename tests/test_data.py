@@ -84,12 +84,14 @@ def test_no_scene_is_in_two_splits(dataset):
     assert len(set(first_frames)) == NUM_SCENES
 
 
+@pytest.mark.slow  # dataset_two_workers runs the script in its own interpreter
 @pytest.mark.parametrize("split", SPLITS)
 def test_same_seed_gives_identical_tensors_for_any_worker_count(dataset, dataset_two_workers, split):
     one, two = load(dataset, split), load(dataset_two_workers, split)
     assert one.numpy().tobytes() == two.numpy().tobytes()
 
 
+@pytest.mark.slow
 def test_same_seed_gives_byte_identical_files(dataset, dataset_two_workers):
     for split in SPLITS:
         one = dataset.with_name(f"{dataset.name}_{split}.pt").read_bytes()

@@ -14,28 +14,28 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from conftest import REPO, check
+from conftest import CHILD_ENV, CLASSIC, REPO, check, run_python
 from npe import load_model
 from npe.cli import NPEError
 from npe.train import train, train_parser
 
-CLASSIC = "train_npe_4ball.py"
+pytestmark = pytest.mark.slow  # every test here starts torchrun or needs a run it started
+
 # 20 steps of 100 windows (2 x 50) with input noise, so that the noise's share is checked too.
 FLAGS = ["--total_samples", 2000, "--eval_every", 5, "--device", "cpu", "--seed", 3, "--optimizer", "adamw",
          "--lr", 3e-3, "--noise_std", 0.01]
-CHILD_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
-def torchrun_command(dataset, folder, *extra):
+def torchrun_args(dataset, folder, *extra):
+    """The arguments of `python -m torch.distributed.run` for two processes of the classic training script."""
     # --standalone picks a free port, so that other runs on the machine do not collide with this one
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(REPO / CLASSIC),
+    return ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(REPO / CLASSIC),
             "--dataset_prefix", str(dataset), "--name", "run", "--ckpt_dir", str(folder), "--metrics_csv",
             str(folder / "m.csv"), *map(str, extra)]
 
 
 def torchrun(dataset, folder, *extra):
-    return check(subprocess.run(torchrun_command(dataset, folder, *extra), cwd=REPO, env=CHILD_ENV,
-                                capture_output=True, text=True, timeout=120))
+    return check(run_python(*torchrun_args(dataset, folder, *extra), timeout=120))
 
 
 def train_alone(dataset, folder, *extra):
@@ -124,9 +124,10 @@ def test_resume_with_another_effective_batch_is_refused_naming_it(pair, dataset,
 
 def test_signal_to_one_process_stops_both_after_the_same_step(dataset, tmp_path):
     """A scheduler may signal one process only: the other must stop with it, not hang in the next step."""
-    proc = subprocess.Popen(torchrun_command(dataset, tmp_path, "--total_samples", 10**7, "--batch_size", 50,
-                                             "--eval_every", 10**6, "--save_every", 2, "--device", "cpu"),
-                            cwd=REPO, env=CHILD_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    endless = ["--total_samples", 10**7, "--batch_size", 50, "--eval_every", 10**6, "--save_every", 2,
+               "--device", "cpu"]
+    proc = subprocess.Popen([sys.executable, *torchrun_args(dataset, tmp_path, *endless)], cwd=REPO, env=CHILD_ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
     while not (tmp_path / "run.pt").exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)

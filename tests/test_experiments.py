@@ -13,7 +13,7 @@ from npe.checkpoint import load_model
 from npe.config import MASS, VEL, World, is_ball, state_scale
 from npe.data import normalize, scenes_to_windows
 from npe.models import build_model, data_config, loss
-from npe.render import render_triple
+from npe.render import render_rollouts
 from npe.rollouts import rollout, velocity_metrics
 from npe.sim import simulate_scenes
 
@@ -79,12 +79,14 @@ def trained(script, tmp_path_factory):
                  [("classic", "npe_classic"), ("np", "np_baseline"), ("lstm", "lstm_baseline")]}
 
 
+@pytest.mark.slow
 def test_baselines_train_to_checkpoints_of_their_kind(trained):
     _, ckpts = trained
     for kind, path in ckpts.items():
         assert load_model(path).kind == kind
 
 
+@pytest.mark.slow
 def test_generalization_script_tables_every_model_in_every_world(script, trained):
     out, ckpts = trained
     png = out / "gen" / "g.png"
@@ -100,6 +102,7 @@ def test_generalization_script_tables_every_model_in_every_world(script, trained
     assert png.read_bytes().startswith(b"\x89PNG") and "| 4 balls, U | npe classic |" in png.with_suffix(".md").read_text()
 
 
+@pytest.mark.slow
 def test_mass_inference_script_scores_each_model_on_collision_scenes(script, trained):
     out, ckpts = trained
     table = out / "mass" / "m.csv"
@@ -121,10 +124,11 @@ def test_videos_draw_the_blocks(scenes, tmp_path):
     meta = {"world": WORLD.to_dict(), "state_scale": state_scale()}
     blocks = (scenes[:, 0, :, MASS] == 0).any(1)  # [S]: scenes in the U
     for name, s in [("u", int(blocks.nonzero()[0])), ("o", int((~blocks).nonzero()[0]))]:
-        render_triple({"a": scenes[s], "b": scenes[s]}, meta, tmp_path / f"{name}.mp4")
+        render_rollouts({"a": scenes[s], "b": scenes[s]}, meta, tmp_path / f"{name}.mp4")
     assert grey_fraction(tmp_path / "u.mp4") > 0.02 > 0.001 > grey_fraction(tmp_path / "o.mp4")
 
 
+@pytest.mark.slow
 def test_mass_inference_script_leaves_out_a_model_with_too_few_slots(script, trained):
     out, ckpts = trained
     table = out / "mass_u" / "m.csv"

@@ -3,8 +3,6 @@ up, a hostile file, a resume that does not fit, Ctrl-C while generating, a path 
 Cheap failures run the scripts' main() in this process; signals and kills need real processes."""
 import contextlib
 import csv
-import importlib
-import io
 import os
 import pickle
 import random
@@ -20,46 +18,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from conftest import REPO, SEED
-from npe.cli import NPEError, run_cli
+from conftest import CHILD_ENV, CLASSIC, MODERN, REPO, SEED, TINY_MODERN, cli, is_one_error_line, messages, ok
+from npe.cli import NPEError
 from npe.config import World
 from npe.data import generate_dataset
 from npe.sim import simulate_scenes
 
-TQDM = re.compile(r"^[\w ]+:\s+\d+%\|")  # a progress bar line, e.g. "train classic:  40%|####  | 2/5 ..."
-CHILD_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-CLASSIC, MODERN = "train_npe_4ball.py", "train_npe_4ball_modern.py"
-TINY_MODERN = ["--msg_dim", 16, "--enc_blocks", 1, "--dec_blocks", 1]
 ENDLESS = ["--total_samples", 10**7, "--batch_size", 50, "--eval_every", 10**6, "--device", "cpu"]
-
-
-def messages(stderr):
-    """The lines of stderr a user reads: no blank lines, no progress bars."""
-    return [line for line in stderr.replace("\r", "\n").splitlines() if line.strip() and not TQDM.match(line)]
-
-
-def cli(script, *args):
-    """Run a script's main() in this process, as `python script args` would; returns (exit status, messages)."""
-    main = importlib.import_module(Path(script).stem).main
-    err = io.StringIO()
-    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stderr(err), \
-            contextlib.redirect_stdout(io.StringIO()):
-        patch.setattr(sys, "argv", [script, *map(str, args)])
-        try:
-            run_cli(main)
-            status = 0
-        except SystemExit as exit_:
-            status = exit_.code
-    return status, messages(err.getvalue())
-
-
-def ok(result):
-    status, lines = result
-    assert status == 0, lines
-
-
-def is_one_error_line(lines):
-    return len(lines) == 1 and lines[0].startswith("error:")
 
 
 def start(script, *args, **popen):
@@ -183,25 +148,30 @@ def signalled(request, dataset, tmp_path_factory):
                            dataset=dataset)
 
 
+@pytest.mark.slow
 def test_signal_exits_with_128_plus_its_number(signalled):
     assert not signalled.hung, "still running 60 s after the signal"
     assert signalled.status == 128 + signalled.signal.value, signalled.stderr[-2000:]  # 130, 143
 
 
+@pytest.mark.slow
 def test_signal_ends_with_an_error_line_that_says_how_to_resume(signalled):
     last = messages(signalled.stderr)[-1]
     assert last.startswith("error:") and "--resume" in last
 
 
+@pytest.mark.slow
 def test_signal_prints_no_traceback(signalled):
     assert "Traceback" not in signalled.stderr
 
 
+@pytest.mark.slow
 def test_signal_leaves_a_safely_loadable_checkpoint_with_training_state(signalled):
     ckpt = torch.load(signalled.folder / "run.pt", weights_only=True)
     assert "train_state" in ckpt
 
 
+@pytest.mark.slow
 def test_run_stopped_by_a_signal_resumes_where_it_stopped_and_exits_0(signalled, tmp_path):
     folder = shutil.copytree(signalled.folder, tmp_path / "run")
     stopped = torch.load(folder / "run.pt", weights_only=True)["train_state"]["step"]
@@ -213,6 +183,7 @@ def test_run_stopped_by_a_signal_resumes_where_it_stopped_and_exits_0(signalled,
 
 # 3. kill -9 -----------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_kill_9_at_random_moments_never_corrupts_the_last_checkpoint(dataset, tmp_path):
     """Each run rewrites the checkpoint after every step; it is killed a random moment after its first save."""
     rng, ckpt = random.Random(0), tmp_path / "run.pt"
@@ -287,8 +258,8 @@ def hostile(request, tmp_path):
 
 def test_hostile_checkpoint_is_refused_without_running_its_code(hostile, tmp_path):
     path, marker = hostile
-    status, lines = cli("compare_rollouts_classic_vs_modern.py", "--classic_ckpt", path, "--modern_ckpt", path,
-                        "--num_scenes", 1, "--rollout_steps", 2, "--out_png", tmp_path / "out" / "c.png")
+    status, lines = cli("compare_rollouts_classic_vs_modern.py", "--classic_ckpt", path, "--num_scenes", 1,
+                        "--rollout_steps", 2, "--out_png", tmp_path / "out" / "c.png")
     assert status == 2 and is_one_error_line(lines) and str(path) in lines[0], lines
     assert not marker.exists()
 
@@ -376,12 +347,14 @@ def generation_interrupted(request, tmp_path_factory):
     return SimpleNamespace(status=proc.returncode, lines=messages(seen + stderr), hung=hung, prefix=prefix)
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_generation_exits_130_with_one_error_line(generation_interrupted):
     run = generation_interrupted
     assert not run.hung, "still running 10 s after Ctrl-C"
     assert run.status == 130 and is_one_error_line(run.lines), "\n".join(run.lines[:40])
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_generation_leaves_no_file_under_the_final_names(generation_interrupted):
     prefix = generation_interrupted.prefix
     assert not [p for p in prefix.parent.iterdir() if p.name.startswith(f"{prefix.name}_")]

@@ -1,14 +1,11 @@
 """The README and docs/: commands use only flags their scripts (and torchrun) take, every script is shown,
 the README stays short, its Python runs, and every local link points to a file."""
-import os
 import re
 import shlex
-import subprocess
-import sys
 
 import pytest
 
-from conftest import REPO, check, run_script
+from conftest import REPO, check, run_python, run_script
 
 SCRIPTS = sorted(p.name for p in REPO.glob("*.py"))
 README = REPO / "README.md"
@@ -53,9 +50,7 @@ def test_every_script_appears_in_a_command_of_the_readme_or_docs():
 def program_flags():
     """{program: set of flags}, read from the --help of each script, torchrun and each module the text runs."""
     def help_flags(*command):
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        done = subprocess.run([sys.executable, *command, "--help"], cwd=REPO, env=env, capture_output=True, text=True)
-        return set(re.findall(r"--[\w-]+", check(done).stdout))
+        return set(re.findall(r"--[\w-]+", check(run_python(*command, "--help")).stdout))
 
     modules = {program for path in [*DOCS, QUICKSTART] for program, _ in commands(shell_text(path))
                if not program.endswith(".py") and program != "torchrun"}
@@ -64,6 +59,7 @@ def program_flags():
             **{s: set(re.findall(r"--\w+", check(run_script(s, "--help")).stdout)) for s in SCRIPTS}}
 
 
+@pytest.mark.slow  # program_flags runs every script's --help
 @pytest.mark.parametrize("path", [*DOCS, QUICKSTART], ids=lambda p: str(p.relative_to(REPO)))
 def test_commands_use_only_flags_their_program_takes(path, program_flags):
     problems = []
@@ -91,12 +87,11 @@ def test_every_local_link_points_to_an_existing_file(path):
     assert not missing, f"{path.name} links to missing files: {missing}"
 
 
+@pytest.mark.slow
 def test_readme_python_runs_twice_as_written():
     """The README's ```python blocks, run in order in one namespace from the repository root, twice (so each
     public function is called twice), then checked for the shapes the comments promise."""
     code = "\n".join(re.findall(r"^```python\n(.*?)^```", README.read_text(), flags=re.S | re.M))
     assert "npe.rollout(" in code
     checks = "assert pred.shape == (8, 50, 4, 5) and truth.shape == pred.shape, (pred.shape, truth.shape)"
-    done = subprocess.run([sys.executable, "-c", "\n".join([code, code, checks])], cwd=REPO, capture_output=True,
-                          text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)})
-    check(done)
+    check(run_python("-c", "\n".join([code, code, checks]), PYTHONPATH=str(REPO)))

@@ -1,18 +1,16 @@
 """The scripts end to end at tiny scale, and what a user sees when an input is wrong: exit status 2,
 one line on stderr starting with 'error:', no traceback, and no output file left behind."""
 import csv
-import re
 
 import imageio.v2 as imageio
 import numpy as np
 import pytest
 import torch
 
-from conftest import TINY_TRAINING
+from conftest import TINY_TRAINING, is_one_error_line, messages
 from npe import load_model
 
 COMPARE = "compare_rollouts_classic_vs_modern.py"
-TQDM = re.compile(r"^[\w ]+:\s+\d+%\|")  # a progress bar line, e.g. "simulating:  40%|####  | 2/5 ..."
 
 
 def test_generate_script_writes_the_splits_and_metadata(dataset):
@@ -30,6 +28,7 @@ def test_training_script_writes_a_loadable_checkpoint_and_metrics(checkpoints, k
     assert [int(r["step"]) for r in rows] == [4, 8]  # 400 samples in batches of 50, a validation every 4
 
 
+@pytest.mark.slow
 def test_render_script_writes_one_video_per_scene_of_start_and_rollout_frames(script, checkpoints, tmp_path):
     result = script("render_rollout_triple.py", "--classic_ckpt", checkpoints["classic"][0], "--modern_ckpt",
                     checkpoints["modern"][0], "--num_scenes", 2, "--rollout_steps", 4, "--out_dir", tmp_path / "v")
@@ -43,6 +42,7 @@ def test_render_script_writes_one_video_per_scene_of_start_and_rollout_frames(sc
     assert height % 16 == 0 and width % 16 == 0 and width > 2 * height  # three panels side by side
 
 
+@pytest.mark.slow
 def test_compare_script_writes_a_figure_and_per_step_metrics(script, checkpoints, tmp_path):
     out_png = tmp_path / "figs" / "compare.png"
     result = script(COMPARE, "--classic_ckpt", checkpoints["classic"][0], "--modern_ckpt",
@@ -56,6 +56,7 @@ def test_compare_script_writes_a_figure_and_per_step_metrics(script, checkpoints
     assert all(-1 <= float(r["cosine_similarity"]) <= 1 for r in rows)
 
 
+@pytest.mark.slow
 def test_compare_script_with_test_prefix_writes_the_results_table(script, checkpoints, dataset, tmp_path):
     out_png = tmp_path / "results.png"
     result = script(COMPARE, "--classic_ckpt", checkpoints["classic"][0], "--modern_ckpt",
@@ -67,6 +68,7 @@ def test_compare_script_with_test_prefix_writes_the_results_table(script, checkp
     assert all(len(r.split("|")) == len(rows[0].split("|")) for r in rows)
 
 
+@pytest.mark.slow
 def test_plot_script_writes_a_png_of_both_curves(script, checkpoints, tmp_path):
     out_png = tmp_path / "figs" / "curves.png"
     result = script("plot_compare_classic_vs_modern_samples.py", "--classic_csv", checkpoints["classic"][1],
@@ -90,7 +92,7 @@ BAD_INPUTS = {  # case: (script, flags); {names} are paths filled in by the `inp
         ("train_npe_4ball.py", f"--dataset_prefix {{dataset}} {TRAIN} --total_samples 1e400"),
     "missing checkpoint": (COMPARE, f"--classic_ckpt {{missing}}/c.pt --modern_ckpt {{modern}} {ROLL_OUT}"),
     "modern checkpoint as --classic_ckpt":
-        (COMPARE, f"--classic_ckpt {{modern}} --modern_ckpt {{modern}} {ROLL_OUT}"),
+        (COMPARE, f"--classic_ckpt {{modern}} {ROLL_OUT}"),
     "corrupt checkpoint (random bytes)":
         (COMPARE, f"--classic_ckpt {{classic}} --modern_ckpt {{random_bytes}} {ROLL_OUT}"),
     "truncated checkpoint": (COMPARE, f"--classic_ckpt {{truncated}} --modern_ckpt {{modern}} {ROLL_OUT}"),
@@ -99,7 +101,7 @@ BAD_INPUTS = {  # case: (script, flags); {names} are paths filled in by the `inp
     "--rollout_steps 0":
         (COMPARE, f"--classic_ckpt {{classic}} --modern_ckpt {{modern}} {ROLL_OUT} --rollout_steps 0"),
     "render: modern checkpoint as --classic_ckpt":
-        ("render_rollout_triple.py", "--classic_ckpt {modern} --modern_ckpt {modern} --out_dir {out}/videos"),
+        ("render_rollout_triple.py", "--classic_ckpt {modern} --out_dir {out}/videos"),
     "fresh scenes with the training data's seed":
         (COMPARE, f"--classic_ckpt {{classic}} --modern_ckpt {{modern}} {ROLL_OUT} --seed 7"),
     "--test_prefix with too few rollout steps":
@@ -137,6 +139,7 @@ def inputs(dataset, checkpoints, tmp_path_factory):
             "missing": folder / "nowhere", "random_bytes": random_bytes, "truncated": truncated}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", BAD_INPUTS)
 def test_bad_input_is_one_error_line_with_exit_status_2_and_no_output(script, inputs, tmp_path, case):
     out = tmp_path / "out"
@@ -144,6 +147,5 @@ def test_bad_input_is_one_error_line_with_exit_status_2_and_no_output(script, in
     result = script(script_name, *[flag.format(out=out, **inputs) for flag in flags.split()], timeout=120)
     assert result.returncode == 2, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip() and not TQDM.match(line)]
-    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr[-2000:]
+    assert is_one_error_line(messages(result.stderr)), result.stderr[-2000:]
     assert not [p for p in out.rglob("*") if p.is_file()]

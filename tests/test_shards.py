@@ -7,10 +7,9 @@ import shutil
 import pytest
 import torch
 
-from conftest import NUM_SCENES, SEED
+from conftest import NUM_SCENES, SEED, cli, is_one_error_line, ok
 from npe.config import SPLITS
 from npe.data import shard_scenes
-from test_faults import cli, is_one_error_line, ok
 
 GENERATE, MERGE = "generate_dataset_4ball.py", "merge_dataset_shards.py"
 # 24 scenes (16 train, 4 val, 4 test) in 5 shards of 4 or 5: shard 3 holds train and val scenes, shard 4

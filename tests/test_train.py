@@ -19,9 +19,11 @@ RUNS = {  # name: (kind, flags on top of the script's defaults); 300 steps of 32
     "modern under bf16 autocast": ("modern", MODERN + ["--amp", "bf16"]),
 }
 BATCH, STEPS, EVAL_EVERY = 32, 300, 5
+SLOW_RUNS = {"modern under bf16 autocast"}  # bf16 autocast on a CPU: the slowest of the three
 
 
-@pytest.fixture(scope="module", params=list(RUNS))
+@pytest.fixture(scope="module",
+                params=[pytest.param(name, marks=pytest.mark.slow if name in SLOW_RUNS else ()) for name in RUNS])
 def run(request, dataset, tmp_path_factory):
     """Train one model; keep what the live model predicted (in eval mode) when it was last saved."""
     (kind, flags), out = RUNS[request.param], tmp_path_factory.mktemp("train")
