@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole workflow at small scale on a CPU (QUICKSTART_TIME): set up .venv, generate 3,000 scenes,
+# The whole workflow at small scale on a CPU (3 min 30 s on 2 idle cores, setup included): set up .venv, generate 3,000 scenes,
 # train a classic and a modern NPE for a few million samples each, plot their curves, then compare your
 # fresh models and the shipped pretrained ones with constant velocity and render videos of the pretrained.
 set -euo pipefail
