@@ -28,6 +28,7 @@ TINY_MODERN = ["--msg_dim", 16, "--enc_blocks", 1, "--dec_blocks", 1]
 CHILD_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 TQDM = re.compile(r"^[\w ]+:\s+\d+%\|")  # a progress bar line, e.g. "train classic:  40%|####  | 2/5 ..."
 
+os.environ["OMP_NUM_THREADS"] = "1"  # the scripts run in this process too: --threads 0 then keeps 1
 torch.set_num_threads(1)
 
 
