@@ -4,8 +4,8 @@ relative magnitude error per step. Without checkpoint flags: the shipped pretrai
 from pathlib import Path
 
 from npe.checkpoint import describe_models, load_models, same_world
-from npe.cli import (NPEError, Parser, add_checkpoint_flags, add_threads_flag, nonnegative_int, positive_int, run_cli,
-                     set_threads)
+from npe.cli import (NPEError, Parser, add_checkpoint_flags, add_threads_flag, output_file, positive_int,
+                     random_seed, run_cli, scene_count, set_threads)
 from npe.config import World
 from npe.data import load_meta, load_split, simulate
 from npe.files import save_text
@@ -19,11 +19,12 @@ TABLE_STEPS = (1, 5, 10, 25, 50)
 def main():
     p = Parser(description=__doc__)
     add_checkpoint_flags(p, "checkpoints to compare")
-    p.add_argument("--num_scenes", type=positive_int, default=200, help="fresh scenes to roll out")
+    p.add_argument("--num_scenes", type=scene_count, default=200, help="fresh scenes to roll out")
     p.add_argument("--rollout_steps", type=positive_int, default=50, help="autoregressive steps")
-    p.add_argument("--seed", type=nonnegative_int, default=1000, help="seed of the fresh scenes (not a training seed)")
-    p.add_argument("--out_png", type=Path, default=Path("figs/prediction_task_classic_vs_modern_2panels.png"),
-                   help="figure; the CSV is written beside it with the same stem")
+    p.add_argument("--seed", type=random_seed, default=1000, help="seed of the fresh scenes (not a training seed)")
+    p.add_argument("--out_png", type=output_file(".png"),
+                   default=Path("figs/prediction_task_classic_vs_modern_2panels.png"),
+                   help="figure (.png); the CSV is written beside it with the same stem")
     p.add_argument("--test_prefix", default=None,
                    help="dataset prefix: also measure one-step MSE on its test split and write the results "
                         "table as Markdown beside the figure (needs --rollout_steps 50 or more)")

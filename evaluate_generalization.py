@@ -6,8 +6,7 @@ from pathlib import Path
 import pandas as pd
 
 from npe.checkpoint import describe_models, load_models, runnable
-from npe.cli import (Parser, add_experiment_flags, experiment_worlds, positive_int, run_cli,
-                     set_threads)
+from npe.cli import Parser, add_experiment_flags, experiment_worlds, output_file, positive_int, run_cli, set_threads
 from npe.config import World
 from npe.data import simulate
 from npe.files import save_text
@@ -20,8 +19,8 @@ def main():
     add_experiment_flags(p, "checkpoints to compare",
                          "to test on", num_scenes=100, seed=3000)
     p.add_argument("--rollout_steps", type=positive_int, default=50, help="autoregressive steps")
-    p.add_argument("--out_png", type=Path, default=Path("figs/generalization.png"),
-                   help="figure; the CSV and a Markdown table are written beside it with the same stem")
+    p.add_argument("--out_png", type=output_file(".png"), default=Path("figs/generalization.png"),
+                   help="figure (.png); the CSV and a Markdown table are written beside it with the same stem")
     args = p.parse_args()
     print(f"{set_threads(args.threads)} CPU threads")
     models, meta = load_models(args)

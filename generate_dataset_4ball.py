@@ -3,17 +3,17 @@
 The defaults make the paper's 4 equal balls in a plain box; --num_balls, --masses and --layout make
 the worlds of its other experiments, each scene drawing its number of balls, its layout and every
 ball's mass from the given sets."""
-from npe.cli import Parser, add_world_flags, nonnegative_int, positive_int, run_cli
+from npe.cli import Parser, add_world_flags, nonnegative_int, positive_int, random_seed, run_cli, scene_count
 from npe.config import World
 from npe.data import generate_dataset, shard_path
 
 
 def main():
     p = Parser(description=__doc__)
-    p.add_argument("--num_scenes", type=positive_int, default=12000, help="scenes of 60 frames, split 70/15/15")
+    p.add_argument("--num_scenes", type=scene_count, default=12000, help="scenes of 60 frames, split 70/15/15")
     p.add_argument("--out_prefix", default="data/balls_n4_t60_uniform/balls_n4_t60_uniform",
                    help="writes PREFIX_{train,val,test}.pt and PREFIX_meta.json (folders are created)")
-    p.add_argument("--seed", type=nonnegative_int, default=0, help="scene i is simulated from (seed, i)")
+    p.add_argument("--seed", type=random_seed, default=0, help="scene i is simulated from (seed, i)")
     p.add_argument("--workers", type=positive_int, default=None, help="simulation processes (default: all cores)")
     add_world_flags(p)
     p.add_argument("--shard", type=nonnegative_int, default=0,

@@ -7,8 +7,8 @@ from pathlib import Path
 import pandas as pd
 
 from npe.checkpoint import describe_models, load_models, runnable
-from npe.cli import (NPEError, Parser, add_experiment_flags, experiment_worlds, positive_int,
-                     run_cli, set_threads)
+from npe.cli import (NPEError, Parser, add_experiment_flags, experiment_worlds, output_file, positive_int, run_cli,
+                     set_threads)
 from npe.config import MASS, World
 from npe.data import simulate
 from npe.files import save_text
@@ -23,8 +23,8 @@ def main():
     add_experiment_flags(p, "checkpoints trained with several masses (generate_dataset_4ball.py --masses), one world",
                          "to observe", num_scenes=500, seed=4000)
     p.add_argument("--observe_frames", type=positive_int, default=30, help="frames observed per scene (3 or more)")
-    p.add_argument("--out_csv", type=Path, default=Path("figs/mass_inference.csv"),
-                   help="table of results; a Markdown copy is written beside it")
+    p.add_argument("--out_csv", type=output_file(".csv"), default=Path("figs/mass_inference.csv"),
+                   help="table of results (.csv); a Markdown copy is written beside it")
     args = p.parse_args()
     print(f"{set_threads(args.threads)} CPU threads")
     if args.observe_frames < 3:

@@ -2,7 +2,7 @@
 loss from the metrics CSVs of train_npe_4ball.py and train_npe_4ball_modern.py, on a log scale."""
 from pathlib import Path
 
-from npe.cli import Parser, fraction, positive_int, run_cli
+from npe.cli import Parser, fraction, output_file, positive_int, run_cli
 from npe.plots import plot_training_curves, read_training_curves
 
 
@@ -10,7 +10,8 @@ def main():
     p = Parser(description=__doc__)
     p.add_argument("--classic_csv", type=Path, required=True, help="metrics CSV of the classic run")
     p.add_argument("--modern_csv", type=Path, required=True, help="metrics CSV of the modern run")
-    p.add_argument("--out_png", type=Path, default=Path("figs/train_val_classic_vs_modern.png"), help="figure")
+    p.add_argument("--out_png", type=output_file(".png"), default=Path("figs/train_val_classic_vs_modern.png"),
+                   help="figure (.png)")
     p.add_argument("--smooth", type=fraction, default=0.0,
                    help="exponential moving average factor in [0, 1) over evaluations (0: none); a short run is "
                         "smoothed less, so that its trend shows")

@@ -10,8 +10,8 @@ import torch
 from tqdm import tqdm
 
 from npe.checkpoint import load_models, runnable
-from npe.cli import (Parser, add_checkpoint_flags, add_world_flags, nonnegative_int, positive_float, positive_int,
-                     run_cli, world_changes)
+from npe.cli import (Parser, add_checkpoint_flags, add_world_flags, positive_float, positive_int, random_seed,
+                     run_cli, scene_count, world_changes)
 from npe.config import World
 from npe.data import simulate
 from npe.render import START_FRAMES, render_rollouts
@@ -22,12 +22,12 @@ def main():
     p = Parser(description=__doc__)
     add_checkpoint_flags(p, "checkpoints to roll out, a panel each")
     add_world_flags(p, defaults=False)
-    p.add_argument("--num_scenes", type=positive_int, default=5, help="fresh scenes, one video each")
+    p.add_argument("--num_scenes", type=scene_count, default=5, help="fresh scenes, one video each")
     p.add_argument("--rollout_steps", type=positive_int, default=60, help="rollout steps after the 2 true frames")
     p.add_argument("--out_dir", type=Path, default=Path("videos"), help="folder for the mp4 files")
     p.add_argument("--tag", default=None,
                    help="videos are OUT_DIR/TAG_scene{N}.mp4 (default: rollout_gt_ and the labels joined by _)")
-    p.add_argument("--seed", type=nonnegative_int, default=2000, help="seed of the fresh scenes (not a training seed)")
+    p.add_argument("--seed", type=random_seed, default=2000, help="seed of the fresh scenes (not a training seed)")
     p.add_argument("--fps", type=positive_float, default=30, help="video frames per second")
     args = p.parse_args()
     # A few scenes: extra threads only add synchronization, and stall when the cores are busy.

@@ -1,10 +1,14 @@
 """Checkpoints that describe themselves: model kind, constructor config, weights, the dataset's
 metadata (world, dt, state_scale) and samples seen. Plain tensors and containers only, so they load
 with torch.load(..., weights_only=True)."""
+import math
 from pathlib import Path
+
+import torch
 
 from .cli import NPEError, checkpoint_paths
 from .config import CHECKPOINT_FORMAT
+from .data import check_meta
 from .files import load_torch, save_torch
 from .models import MODELS, build_model
 
@@ -38,7 +42,36 @@ def load_checkpoint(path, kind=None):
     if kind and ckpt["kind"] != kind:
         raise NPEError(f"{path} holds a {ckpt['kind']} model, but --{kind}_ckpt takes a {kind} NPE "
                        f"(pass it with --ckpts)")
+    if problem := checkpoint_problem(ckpt):
+        raise NPEError(f"{path} is not a usable checkpoint: {problem} ({TRAIN_HINT})")
+    check_meta(ckpt.get("meta"), path, TRAIN_HINT)  # the dataset metadata it carries, checked as a dataset's
     return ckpt
+
+
+def shown(value):
+    """A value of a crafted file, fit for one line of a message."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def finite_number(value, positive=False):
+    return (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            and (value > 0 or not positive))
+
+
+def checkpoint_problem(ckpt):
+    """What is wrong with a loaded checkpoint dict's config or weights, naming the field; None if nothing. A
+    crafted file can load with weights_only and still hold a config of text or NaN weights."""
+    config, weights = ckpt.get("config"), ckpt["state_dict"]
+    if not isinstance(config, dict):
+        return f"config is a {type(config).__name__}, not a dict"
+    if bad := [k for k, v in config.items() if not finite_number(v)]:
+        return f"config field {shown(bad[0])} is {shown(config[bad[0]])}, not a finite number"
+    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        return "state_dict is not a dict of tensors"
+    if bad := [k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()]:
+        return f"weights {shown(bad[0])} hold non-finite values (NaN or inf)"
+    return None
 
 
 def load_model(path, device="cpu", kind=None):
@@ -47,7 +80,7 @@ def load_model(path, device="cpu", kind=None):
     try:
         model = build_model(ckpt["kind"], ckpt["config"])
         model.load_state_dict(ckpt["state_dict"])
-    except (TypeError, RuntimeError, KeyError) as err:
+    except (TypeError, RuntimeError, KeyError, ValueError) as err:
         raise NPEError(f"{path} does not match its model config: {str(err).splitlines()[0]}") from None
     model.meta, model.path = ckpt["meta"], Path(path)
     return model.to(device).eval()

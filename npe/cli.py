@@ -4,7 +4,9 @@ that exits with status 2."""
 import argparse
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -23,6 +25,15 @@ class Interrupted(NPEError):
     def __init__(self, message, exit_code):
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM outside training, raised like Ctrl-C so that whatever cleans up after Ctrl-C (the simulation's
+    worker pool, a temporary file, ffmpeg) cleans up after it too."""
+
+
+def raise_terminated(signum, frame):
+    raise Terminated
 
 
 class _ShowDefaults(argparse.ArgumentDefaultsHelpFormatter):
@@ -51,7 +62,7 @@ def _integer(text):
     return int(value)
 
 
-def _number(kind, low, inclusive, name):
+def _number(kind, low, inclusive, name, high=math.inf):
     def parse(text):
         try:
             value = kind(text) if kind is float else _integer(text)
@@ -59,7 +70,7 @@ def _number(kind, low, inclusive, name):
             raise argparse.ArgumentTypeError(f"{text!r} is not a finite {kind.__name__}") from None
         if not math.isfinite(value):
             raise argparse.ArgumentTypeError(f"{text} is not a finite number")
-        if value < low or (value == low and not inclusive):
+        if value < low or (value == low and not inclusive) or value > high:
             raise argparse.ArgumentTypeError(f"{text} is not {name}")
         return value
     return parse
@@ -69,6 +80,19 @@ positive_int = _number(int, 0, False, "a positive integer")
 nonnegative_int = _number(int, 0, True, "a non-negative integer")
 positive_float = _number(float, 0.0, False, "a positive number")
 nonnegative_float = _number(float, 0.0, True, "a non-negative number")
+# Seeds go to numpy's default_rng and torch.manual_seed; training also seeds a generator with seed + 1.
+# The range of numpy's legacy seeds fits them all.
+SEED_MAX = 2**32 - 1
+random_seed = _number(int, 0, True, f"a seed from 0 to {SEED_MAX}", high=SEED_MAX)
+# A million scenes of 4 balls are 14 GB of windows in memory at once; ten times that is what sharded
+# generation across machines might reach, and a typo like 1e15 is refused at once rather than growing
+# memory until the machine swaps.
+MAX_SCENES = 10_000_000
+scene_count = _number(int, 0, False, f"a number of scenes from 1 to {MAX_SCENES:,}", high=MAX_SCENES)
+# Masses are stored as float32: outside its normal range a mass becomes 0 (a static block) or inf.
+FLOAT32_TINY, FLOAT32_MAX = 2.0**-126, (2 - 2.0**-23) * 2.0**127
+ball_mass = _number(float, FLOAT32_TINY, True, f"a mass from {FLOAT32_TINY:.4g} to {FLOAT32_MAX:.4g} "
+                    f"(float32's normal range)", high=FLOAT32_MAX)
 
 
 def fraction(text):
@@ -76,6 +100,19 @@ def fraction(text):
     if value >= 1:
         raise argparse.ArgumentTypeError(f"{text} is not in [0, 1)")
     return value
+
+
+def output_file(suffix):
+    """A flag type for an output file whose name ends in `suffix` (".png", ".csv"; any case): the files a
+    script writes beside it take its name with their own suffixes, so another suffix could make two of
+    its outputs one file (--out_png r.csv)."""
+    def parse(text):
+        path = Path(text)
+        if path.suffix.lower() != suffix or path.is_dir():
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {suffix} file name (the other outputs take its "
+                                             f"name with their own suffixes)")
+        return path
+    return parse
 
 
 def list_of(item, choices=None):
@@ -92,14 +129,23 @@ def list_of(item, choices=None):
 
 def run_cli(main):
     """Run a script's main(); user errors print one line on stderr and exit 2."""
+    # SIGTERM as Ctrl-C (training installs its own handler for both, and puts this one back).
+    catch = (threading.current_thread() is threading.main_thread()
+             and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL)
+    previous = signal.signal(signal.SIGTERM, raise_terminated) if catch else None
     try:
         main()
     except NPEError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(err.exit_code)
-    except KeyboardInterrupt:  # Ctrl-C outside training; outputs are atomic, so nothing half-written stays
-        print("error: interrupted; no output was left half-written", file=sys.stderr)
-        sys.exit(130)
+    except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM outside training; outputs are atomic
+        terminated = isinstance(err, Terminated)
+        name, signum = ("terminated", signal.SIGTERM) if terminated else ("interrupted", signal.SIGINT)
+        print(f"error: {name}; no output was left half-written", file=sys.stderr)
+        sys.exit(128 + signum)
+    finally:
+        if catch:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def add_world_flags(parser, defaults=True):
@@ -111,7 +157,7 @@ def add_world_flags(parser, defaults=True):
     keep = "" if defaults else " (default: as in training)"
     parser.add_argument("--num_balls", type=list_of(positive_int), default=default("4"),
                         help=f"balls per scene, or a set to draw from per scene, e.g. 3,4,5{keep}")
-    parser.add_argument("--masses", type=list_of(positive_float), default=default("1"),
+    parser.add_argument("--masses", type=list_of(ball_mass), default=default("1"),
                         help=f"the mass of each ball is drawn from this set, e.g. 1,5,25{keep}")
     parser.add_argument("--layout", type=list_of(str, LAYOUTS), default=default("O"),
                         help=f"obstacle layout per scene, or a set to draw from: {', '.join(LAYOUTS)} "
@@ -205,8 +251,9 @@ def add_experiment_flags(parser, ckpts_help, what, num_scenes, seed):
     parser.add_argument("--layout", type=list_of(str, LAYOUTS), default=None,
                         help=f"obstacle layouts {what}, each a world of its own: {', '.join(LAYOUTS)} "
                              f"(default: as in training)")
-    parser.add_argument("--num_scenes", type=positive_int, default=num_scenes, help="fresh scenes per world")
-    parser.add_argument("--seed", type=nonnegative_int, default=seed,
+    parser.add_argument("--num_scenes", type=scene_count, default=num_scenes,
+                        help=f"fresh scenes per world (at most {MAX_SCENES:,})")
+    parser.add_argument("--seed", type=random_seed, default=seed,
                         help="seed of the fresh scenes (not a training seed)")
     add_threads_flag(parser)
 

@@ -1,7 +1,10 @@
 """Writing outputs atomically: a temporary file beside the target, fsync, then rename, so an
-interrupted run never leaves a half-written file under the final name."""
+interrupted run never leaves a half-written file under the final name, and a failed write (a full disk)
+never replaces a good one."""
 import contextlib
 import os
+import re
+import stat
 from pathlib import Path
 
 import torch
@@ -19,25 +22,63 @@ def ensure_parent(path):
     return path
 
 
+def first_line(err):
+    """The first line of an exception's message, or its type when it has none: one line for the user."""
+    text = (err.strerror if isinstance(err, OSError) and err.strerror else str(err)).strip()
+    return text.splitlines()[0][:200] if text else type(err).__name__
+
+
+def temp_path(path, pid):
+    """The temporary name of `path` for process `pid`; the next write of `path` removes it once pid has ended."""
+    return path.with_name(f".{path.stem}.tmp{pid}{path.suffix}")
+
+
+def _remove_stale_temps(path):
+    """Remove the temporary files of `path` that processes no longer running left behind (a kill -9)."""
+    pattern = re.compile(rf"\.{re.escape(path.stem)}\.tmp(\d+){re.escape(path.suffix)}")
+    with contextlib.suppress(OSError):  # best effort: a folder we cannot list or a file we cannot remove
+        for other in path.parent.iterdir():
+            if (found := pattern.fullmatch(other.name)) and not _running(int(found[1])):
+                other.unlink(missing_ok=True)
+
+
+def _running(pid):
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True
+
+
 @contextlib.contextmanager
 def atomic_path(path):
-    """Yield a temporary path to write; on success it replaces `path`, on failure it is removed."""
+    """Yield a temporary path to write; on success it replaces `path`, on failure it is removed.
+
+    Any OSError while writing (a full disk, a quota, an I/O error) is one NPEError naming `path`; writers
+    whose libraries report a failed write otherwise (torch, ffmpeg) turn it into an OSError.
+    """
     path = ensure_parent(path)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+    _remove_stale_temps(path)
+    tmp = temp_path(path, os.getpid())
     try:
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as err:
-        raise NPEError(f"cannot write {path}: {err.strerror or err}") from None
+        raise NPEError(f"cannot write {path}: {first_line(err)}; the previous file, if any, is kept") from None
     finally:
         tmp.unlink(missing_ok=True)
 
 
 def save_torch(obj, path):
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        torch.save(obj, f)  # a file object, so the archive inside is not named after the temp file
+        try:
+            torch.save(obj, f)  # a file object, so the archive inside is not named after the temp file
+        except RuntimeError as err:  # torch reports a failed write (a full disk) as a RuntimeError
+            raise OSError(first_line(err)) from None
 
 
 def save_text(text, path):
@@ -45,13 +86,23 @@ def save_text(text, path):
         tmp.write_text(text)
 
 
+def regular_file(path, what, hint):
+    """`path` as a Path, or one NPEError when it is missing or not a regular file (a FIFO would hang the
+    read, a folder or a device gives a confusing error)."""
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        raise NPEError(f"{what} not found: {path} ({hint})") from None
+    if not stat.S_ISREG(mode):
+        raise NPEError(f"{what} {path} is not a regular file ({hint})")
+    return path
+
+
 def load_torch(path, what, hint):
     """torch.load with weights_only=True (no code runs from a crafted file), or one clear NPEError."""
-    path = Path(path)
-    if not path.is_file():
-        raise NPEError(f"{what} not found: {path} ({hint})")
+    path = regular_file(path, what, hint)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated, corrupt or hostile file: all say the same to the user
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise NPEError(f"cannot read {what} {path}: {first[:200]} ({hint})") from None
+        raise NPEError(f"cannot read {what} {path}: {first_line(err)} ({hint})") from None

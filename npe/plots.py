@@ -1,4 +1,5 @@
-"""Figures: training curves and rollout metrics (matplotlib, written atomically as PNG)."""
+"""Figures: training curves and rollout metrics (matplotlib, written atomically as PNG), and the flag type
+of the evaluation scripts' output files."""
 import math
 
 import matplotlib
@@ -10,7 +11,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullFormatter  # noqa: E402
 
 from .cli import NPEError  # noqa: E402
-from .files import atomic_path  # noqa: E402
+from .files import atomic_path, regular_file  # noqa: E402
 
 METRIC_LABELS = {"cosine_similarity": "cosine similarity (higher is better)",
                  "relative_magnitude_error": "relative magnitude error, mean (lower is better)"}
@@ -95,9 +96,7 @@ def read_training_curves(path, batch_size):
     """
     hint = "pass the --metrics_csv written by train_npe_4ball.py or train_npe_4ball_modern.py"
     try:
-        table = pd.read_csv(path)
-    except FileNotFoundError:
-        raise NPEError(f"metrics CSV not found: {path} ({hint})") from None
+        table = pd.read_csv(regular_file(path, "metrics CSV", hint))  # a FIFO would hang the read
     except (OSError, ValueError) as err:  # a folder; empty, binary or malformed text (all ValueErrors)
         raise NPEError(f"cannot read metrics CSV {path}: {str(err).strip().splitlines()[0]} ({hint})") from None
     if "samples_seen" not in table and "step" in table:

@@ -2,6 +2,7 @@
 import math
 
 import imageio.v2 as imageio
+import imageio_ffmpeg
 import matplotlib
 
 matplotlib.use("Agg")
@@ -98,5 +99,20 @@ def render_rollouts(panels, meta, path, fps=30):
                     counter.set_text(_frame_label(t, total))
                     fig.draw_artist(counter)
                     writer.append_data(np.asarray(fig.canvas.buffer_rgba())[..., :3])  # RGBA -> RGB
+            check_video(tmp, total)
     finally:
         plt.close(fig)
+
+
+def check_video(path, frames):
+    """Raise OSError unless the video at `path` decodes to `frames` frames.
+
+    imageio does not raise when ffmpeg fails: on a full disk ffmpeg printed "No space left on device",
+    exited, and the cut-off file would have replaced a good video. So the file is read back before that.
+    """
+    try:
+        found = imageio_ffmpeg.count_frames_and_secs(path)[0]
+    except (RuntimeError, OSError) as err:
+        raise OSError(f"ffmpeg cannot read back the video it wrote ({str(err).strip().splitlines()[0]})") from None
+    if found != frames:
+        raise OSError(f"ffmpeg wrote {found} of {frames} frames (a full disk?)")

@@ -3,12 +3,13 @@ import math
 import multiprocessing as mp
 import os
 import signal
+import threading
 
 import numpy as np
 import pymunk
 from tqdm import tqdm
 
-from .cli import NPEError
+from .cli import NPEError, raise_terminated
 from .config import MASS, PAD_MASS, STATE_DIM, World
 
 CHUNK = 250  # scenes per job handed to a worker process
@@ -165,12 +166,14 @@ def simulate_scenes(world: World, seed: int, start: int, stop: int, workers: int
 def _run(fn, jobs, workers):
     """fn over jobs, in order, in `workers` processes (in this one when workers is 1)."""
     if workers == 1:
-        yield from _between_jobs_on_ctrl_c(fn, jobs)
+        yield from _signals_between_jobs(fn, jobs)
         return
     # Workers ignore Ctrl-C: the terminal sends it to them too, and only this process should handle it.
     # They inherit "ignored" from this process while it starts them, so they ignore it from their first
     # instruction on (an initializer runs only once a worker has imported this package, and a Ctrl-C
     # before that printed a worker traceback). Starting the processes takes milliseconds.
+    # SIGTERM (raised as Terminated in this process by run_cli) needs nothing here: a spawned worker starts
+    # with the default action, so the pool's terminate() on the way out ends the workers silently.
     handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         pool = mp.get_context("spawn").Pool(workers)
@@ -180,23 +183,30 @@ def _run(fn, jobs, workers):
         yield from pool.imap(fn, jobs)
 
 
-def _between_jobs_on_ctrl_c(fn, jobs):
-    """fn over jobs in this process, with Ctrl-C raised as KeyboardInterrupt after the job it came in.
+# The handlers that raise: Python's for Ctrl-C, run_cli's for SIGTERM.
+RAISING = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: raise_terminated}
+
+
+def _signals_between_jobs(fn, jobs):
+    """fn over jobs in this process, with Ctrl-C and SIGTERM raised after the job they came in.
 
     pymunk calls back into Python from inside its C step, and an interrupt raised in such a callback is
     printed and swallowed: the generation went on as if nothing had happened.
     """
-    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-        yield from map(fn, jobs)  # SIGINT ignored or handled elsewhere: leave it so
+    deferred = {s: h for s, h in RAISING.items() if signal.getsignal(s) is h}  # ignored or handled elsewhere: left so
+    if not deferred or threading.current_thread() is not threading.main_thread():
+        yield from map(fn, jobs)
         return
     asked = []
-    signal.signal(signal.SIGINT, lambda signum, frame: asked.append(signum))
+    for s in deferred:
+        signal.signal(s, lambda signum, frame: asked.append(signum))
     try:
         for job in jobs:
             result = fn(job)
             if asked:
-                raise KeyboardInterrupt
+                deferred[asked[0]](asked[0], None)
             yield result
     finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        for s, handler in deferred.items():
+            signal.signal(s, handler)
 

@@ -4,9 +4,13 @@ checkpoint are (re)written atomically at every evaluation, every --save_every st
 Under torchrun, each process trains on its share of every batch (npe/distributed.py).
 
 fit() is the loop; each thing it does when due (checks, validation, saving, stopping) is a function
-of its own, working on the Run that prepare() builds and its TrainState."""
+of its own, working on the Run that prepare() builds and its TrainState. claim_run() checks the run's
+paths and holds its name while it trains, so that two runs never write the same files."""
 import argparse
+import contextlib
+import fcntl
 import math
+import os
 import signal
 import time
 from dataclasses import dataclass, field
@@ -18,10 +22,10 @@ from tqdm import tqdm
 from . import distributed
 from .checkpoint import load_checkpoint, save_checkpoint
 from .cli import (Interrupted, NPEError, Parser, add_threads_flag, fraction, nonnegative_float, positive_float,
-                  positive_int, set_threads)
-from .config import VEL, is_ball
-from .data import load_meta, load_split
-from .files import save_text
+                  positive_int, random_seed, set_threads)
+from .config import SPLITS, VEL, is_ball
+from .data import load_meta, load_split, meta_path, split_path
+from .files import ensure_parent, save_text
 from .models import MODELS, build_model, data_config, loss, one_step_loss, size_defaults
 
 CSV_COLUMNS = ["step", "samples_seen", "train_loss", "val_loss", "lr", "elapsed_s"]
@@ -49,7 +53,7 @@ def train_parser(recipe, description):
     names = ", ".join(f"{cls.run_name} for {kind}" for kind, cls in MODELS.items())
     p.add_argument("--name", default=None, help=f"run name: checkpoint is CKPT_DIR/NAME.pt (default: {names})")
     p.add_argument("--ckpt_dir", type=Path, default=Path("checkpoints"), help="folder for the checkpoint")
-    p.add_argument("--metrics_csv", type=Path, default=None, help="metrics CSV (default: logs/NAME.csv)")
+    p.add_argument("--metrics_csv", type=Path, default=None, help="metrics CSV file (default: logs/NAME.csv)")
     p.add_argument("--batch_size", type=positive_int,
                    help="windows per step and process (under torchrun the effective batch is this x processes)")
     p.add_argument("--total_samples", type=positive_int, help="windows to train on in all (steps = this / batch)")
@@ -58,6 +62,9 @@ def train_parser(recipe, description):
                    help="steps between checkpoints (also saved at every validation, on Ctrl-C and at the end)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in CKPT_DIR/NAME.pt (same flags) where it stopped")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start a new run even where CKPT_DIR/NAME.pt holds an unfinished one, replacing it "
+                        "(default: refuse; a finished run is replaced without it)")
     p.add_argument("--stop_after_steps", type=positive_int, default=None,
                    help="save and stop after this many steps in all, for a later --resume (default: run to the end)")
     p.add_argument("--optimizer", choices=["rmsprop", "adamw"], help="optimizer")
@@ -68,7 +75,7 @@ def train_parser(recipe, description):
     p.add_argument("--max_grad_norm", type=nonnegative_float, help="gradient clipping norm (0: off)")
     p.add_argument("--noise_std", type=nonnegative_float,
                    help="std of Gaussian noise added to input positions and velocities (normalized units)")
-    p.add_argument("--seed", type=int, default=0, help="seed for initialization and batch order")
+    p.add_argument("--seed", type=random_seed, default=0, help="seed for initialization and batch order")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CUDA when present")
     add_threads_flag(p)
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
@@ -118,6 +125,10 @@ def velocity_change_std(windows):
 def new_config(args, meta, train_set):
     """A new model's config: what follows from the data, and its sizes from the flags."""
     return {**data_config(args.model, meta, velocity_change_std(train_set)), **model_sizes(args)}
+
+
+def total_steps(total_samples, effective_batch):
+    return math.ceil(total_samples / effective_batch)
 
 
 def lr_lambda(schedule, warmup_steps, total_steps):
@@ -214,13 +225,113 @@ def train(args):
     Under torchrun every process runs this, on its own device (cuda:LOCAL_RANK) and share of each batch.
     """
     args.name = args.name or MODELS[args.model].run_name
-    with distributed.process_group(pick_device(args.device)) as device:
+    args.metrics_csv = args.metrics_csv or Path("logs") / f"{args.name}.csv"
+    with distributed.process_group(pick_device(args.device)) as device, claim_run(args):
         return fit(prepare(args, device))
+
+
+def run_files(args):
+    """The files a run writes: its checkpoint, best-val checkpoint, lock and metrics CSV."""
+    return (args.ckpt_dir / f"{args.name}.pt", args.ckpt_dir / f"{args.name}_best.pt",
+            args.ckpt_dir / f"{args.name}.lock", args.metrics_csv)
+
+
+@contextlib.contextmanager
+def claim_run(args):
+    """Before any work: the run's paths checked, its name held by this run alone (rank 0 holds the lock),
+    and a new run refused where it would replace an unfinished one."""
+    if args.resume and args.overwrite:
+        raise NPEError("--resume continues the run in CKPT_DIR/NAME.pt and --overwrite replaces it: give one")
+    check_paths(args)
+    ckpt_path, _, lock_path, _ = run_files(args)
+    with run_lock(lock_path) if distributed.is_main() else contextlib.nullcontext():
+        if not (args.resume or args.overwrite):
+            check_replaceable(ckpt_path)
+        yield
+
+
+def check_paths(args):
+    """Refuse a --name, --ckpt_dir or --metrics_csv that cannot hold the run's files, or whose files would
+    be the dataset's or each other's, and create their folders: a bad path found at the first validation
+    would lose the training before it."""
+    if "/" in args.name or args.name in (".", ".."):
+        raise NPEError(f"--name {args.name!r} is not a plain file name (no '/'); the folder is --ckpt_dir")
+    csv = args.metrics_csv
+    if not csv.name or csv.is_dir():
+        raise NPEError(f"--metrics_csv {str(csv)!r} is a folder, not a file; name a file, e.g. "
+                       f"logs/{args.name}.csv")
+    ckpt_path, best_path, lock_path, csv_path = outputs = run_files(args)
+    roles = {**{f"the dataset's {path.name}": path for path in
+                (meta_path(args.dataset_prefix), *(split_path(args.dataset_prefix, split) for split in SPLITS))},
+             "the checkpoint": ckpt_path, "the best-val checkpoint": best_path, "the lock file": lock_path,
+             "the metrics CSV": csv_path}
+    seen = {}
+    for role, path in roles.items():
+        if (other := seen.setdefault(path.resolve(), role)) != role:
+            raise NPEError(f"{role} would be {other} ({path}); change --metrics_csv, --name or --ckpt_dir")
+    for path in outputs:
+        ensure_parent(path)
+
+
+@contextlib.contextmanager
+def run_lock(path):
+    """Hold `path` (CKPT_DIR/NAME.lock, with this process's pid in it) while the run lives; a second run of
+    the name is refused while the first holds it. An flock, so that the kernel releases it when a run dies,
+    even by kill -9: a lock file left behind is simply taken over."""
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise NPEError(f"cannot create the lock file {path}: {err.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 20, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise NPEError(f"another run (pid {holder}) is training {path.with_suffix('.pt')} now, holding "
+                           f"{path}; wait for it to end, or give this one another --name") from None
+        with contextlib.suppress(FileNotFoundError):
+            if os.path.samestat(os.fstat(fd), os.stat(path)):
+                break
+        os.close(fd)  # its holder removed that file as it ended: lock the one there now
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        path.unlink(missing_ok=True)  # before the lock goes, so a run waiting on this file locks a new one
+        os.close(fd)
+
+
+def check_replaceable(path):
+    """A new run may replace CKPT_DIR/NAME.pt only where it holds a finished run (the same command again
+    starts it over); an unfinished one is continued with --resume or replaced with --overwrite."""
+    if not path.exists():
+        return
+    replace = "pass --overwrite to replace it, or give this run another --name"
+    try:
+        ckpt = load_checkpoint(path)
+    except NPEError as err:
+        raise NPEError(f"{err}; {replace}") from None
+    try:
+        step = ckpt["train_state"]["step"]
+        steps = total_steps(ckpt["args"]["total_samples"], ckpt["args"]["effective_batch"])
+        unfinished = step < steps
+    except (KeyError, TypeError, ZeroDivisionError):
+        raise NPEError(f"{path} holds no run that can be resumed (a best-val copy?); {replace}") from None
+    if unfinished:
+        raise NPEError(f"{path} holds an unfinished run (step {step:,} of {steps:,}): continue it with the same "
+                       f"command and --resume, or start over with --overwrite")
+    print(f"replacing the finished run in {path} ({steps:,} steps)")
 
 
 def fit(run):
     """The loop: a step per batch; when due, checks, validation and a checkpoint; then a stop or the end."""
     args, state = run.args, run.state
+    if args.stop_after_steps and state.step >= args.stop_after_steps:
+        print(f"{run.ckpt_path} is already at step {state.step:,}, at or past --stop_after_steps "
+              f"{args.stop_after_steps:,}: nothing to train")
+        return run.ckpt_path
     announce(run)
     run.model.train()
     session_start, session_seen = time.time(), state.seen
@@ -249,7 +360,6 @@ def prepare(args, device):
     """The data on the device, the model (new, or as saved with --resume), its optimizer and state."""
     if device.type == "cpu":
         torch.set_flush_denormal(True)  # denormal floats slowed RMSprop ~25x mid-run on CPU
-        set_threads(args.threads)
     else:
         torch.backends.cuda.matmul.allow_tf32 = True  # TF32 tensor cores for float32 matmuls
         torch.backends.cudnn.allow_tf32 = True
@@ -262,16 +372,19 @@ def prepare(args, device):
                        f"training split ({len(train_set)} windows); use a smaller batch or more scenes")
     if len(val_set) < distributed.world_size():
         raise NPEError(f"the val split ({len(val_set)} windows) has fewer windows than there are processes")
-    ckpt_path = args.ckpt_dir / f"{args.name}.pt"
+    ckpt_path, best_path, _, csv_path = run_files(args)
     saved_args = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     saved_args.update(world_size=distributed.world_size(), effective_batch=effective_batch)
     resume = load_resumable(ckpt_path, args, meta) if args.resume else None
+    if device.type == "cpu":  # a resumed run keeps its thread count unless told: another one rounds differently
+        threads = args.threads or (resume["args"].get("cpu_threads", 0) if resume else 0)
+        saved_args["cpu_threads"] = set_threads(threads)
 
     torch.manual_seed(args.seed)
     config = resume["config"] if resume else new_config(args, meta, train_set)
     model = build_model(args.model, config).to(device)
     optimizer = make_optimizer(args, model.parameters())
-    steps = math.ceil(args.total_samples / effective_batch)
+    steps = total_steps(args.total_samples, effective_batch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(args.schedule, int(args.warmup_frac * steps), steps))
     state = TrainState(running=torch.zeros((), device=device), started=time.time(),
@@ -280,9 +393,8 @@ def prepare(args, device):
               config=config, model=model, replicated=model, optimizer=optimizer, scheduler=scheduler,
               shuffle=torch.Generator(device=device).manual_seed(args.seed),
               noise=torch.Generator(device=device).manual_seed(args.seed + 1),
-              steps=steps, effective_batch=effective_batch, ckpt_path=ckpt_path,
-              best_path=args.ckpt_dir / f"{args.name}_best.pt",
-              csv_path=args.metrics_csv or Path("logs") / f"{args.name}.csv", saved_args=saved_args, state=state)
+              steps=steps, effective_batch=effective_batch, ckpt_path=ckpt_path, best_path=best_path,
+              csv_path=csv_path, saved_args=saved_args, state=state)
     if resume:
         restore(run, resume)
     distributed.seed_per_rank(args.seed, run.state.step)

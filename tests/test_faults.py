@@ -189,7 +189,7 @@ def test_kill_9_at_random_moments_never_corrupts_the_last_checkpoint(dataset, tm
     rng, ckpt = random.Random(0), tmp_path / "run.pt"
     for _ in range(5):
         before = signature(ckpt)
-        proc = start(CLASSIC, *run_flags(dataset, tmp_path), *ENDLESS, "--save_every", 1)
+        proc = start(CLASSIC, *run_flags(dataset, tmp_path), *ENDLESS, "--save_every", 1, "--overwrite")
         wait_for_new_file(ckpt, proc, before)
         time.sleep(rng.uniform(0, 0.4))
         proc.kill()
