@@ -4,13 +4,10 @@ checkpoint are (re)written atomically at every evaluation, every --save_every st
 Under torchrun, each process trains on its share of every batch (npe/distributed.py).
 
 fit() is the loop; each thing it does when due (checks, validation, saving, stopping) is a function
-of its own, working on the Run that prepare() builds and its TrainState. claim_run() checks the run's
-paths and holds its name while it trains, so that two runs never write the same files."""
+of its own, working on the Run that prepare() builds and its TrainState. npe/runs.py checks the run's
+files and holds its name while it trains."""
 import argparse
-import contextlib
-import fcntl
 import math
-import os
 import signal
 import time
 from dataclasses import dataclass, field
@@ -23,10 +20,11 @@ from . import distributed
 from .checkpoint import load_checkpoint, save_checkpoint
 from .cli import (Interrupted, NPEError, Parser, add_threads_flag, fraction, nonnegative_float, positive_float,
                   positive_int, random_seed, set_threads)
-from .config import SPLITS, VEL, is_ball
-from .data import load_meta, load_split, meta_path, split_path
-from .files import ensure_parent, save_text
+from .config import VEL, is_ball
+from .data import load_meta, load_split
+from .files import save_text
 from .models import MODELS, build_model, data_config, loss, one_step_loss, size_defaults
+from .runs import claim_run, run_files, total_steps
 
 CSV_COLUMNS = ["step", "samples_seen", "train_loss", "val_loss", "lr", "elapsed_s"]
 # The defaults that differ between the two training scripts (npe.bench measures these recipes too).
@@ -127,10 +125,6 @@ def new_config(args, meta, train_set):
     return {**data_config(args.model, meta, velocity_change_std(train_set)), **model_sizes(args)}
 
 
-def total_steps(total_samples, effective_batch):
-    return math.ceil(total_samples / effective_batch)
-
-
 def lr_lambda(schedule, warmup_steps, total_steps):
     def factor(step):
         if step < warmup_steps:
@@ -228,101 +222,6 @@ def train(args):
     args.metrics_csv = args.metrics_csv or Path("logs") / f"{args.name}.csv"
     with distributed.process_group(pick_device(args.device)) as device, claim_run(args):
         return fit(prepare(args, device))
-
-
-def run_files(args):
-    """The files a run writes: its checkpoint, best-val checkpoint, lock and metrics CSV."""
-    return (args.ckpt_dir / f"{args.name}.pt", args.ckpt_dir / f"{args.name}_best.pt",
-            args.ckpt_dir / f"{args.name}.lock", args.metrics_csv)
-
-
-@contextlib.contextmanager
-def claim_run(args):
-    """Before any work: the run's paths checked, its name held by this run alone (rank 0 holds the lock),
-    and a new run refused where it would replace an unfinished one."""
-    if args.resume and args.overwrite:
-        raise NPEError("--resume continues the run in CKPT_DIR/NAME.pt and --overwrite replaces it: give one")
-    check_paths(args)
-    ckpt_path, _, lock_path, _ = run_files(args)
-    with run_lock(lock_path) if distributed.is_main() else contextlib.nullcontext():
-        if not (args.resume or args.overwrite):
-            check_replaceable(ckpt_path)
-        yield
-
-
-def check_paths(args):
-    """Refuse a --name, --ckpt_dir or --metrics_csv that cannot hold the run's files, or whose files would
-    be the dataset's or each other's, and create their folders: a bad path found at the first validation
-    would lose the training before it."""
-    if "/" in args.name or args.name in (".", ".."):
-        raise NPEError(f"--name {args.name!r} is not a plain file name (no '/'); the folder is --ckpt_dir")
-    csv = args.metrics_csv
-    if not csv.name or csv.is_dir():
-        raise NPEError(f"--metrics_csv {str(csv)!r} is a folder, not a file; name a file, e.g. "
-                       f"logs/{args.name}.csv")
-    ckpt_path, best_path, lock_path, csv_path = outputs = run_files(args)
-    roles = {**{f"the dataset's {path.name}": path for path in
-                (meta_path(args.dataset_prefix), *(split_path(args.dataset_prefix, split) for split in SPLITS))},
-             "the checkpoint": ckpt_path, "the best-val checkpoint": best_path, "the lock file": lock_path,
-             "the metrics CSV": csv_path}
-    seen = {}
-    for role, path in roles.items():
-        if (other := seen.setdefault(path.resolve(), role)) != role:
-            raise NPEError(f"{role} would be {other} ({path}); change --metrics_csv, --name or --ckpt_dir")
-    for path in outputs:
-        ensure_parent(path)
-
-
-@contextlib.contextmanager
-def run_lock(path):
-    """Hold `path` (CKPT_DIR/NAME.lock, with this process's pid in it) while the run lives; a second run of
-    the name is refused while the first holds it. An flock, so that the kernel releases it when a run dies,
-    even by kill -9: a lock file left behind is simply taken over."""
-    while True:
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as err:
-            raise NPEError(f"cannot create the lock file {path}: {err.strerror}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 20, 0).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise NPEError(f"another run (pid {holder}) is training {path.with_suffix('.pt')} now, holding "
-                           f"{path}; wait for it to end, or give this one another --name") from None
-        with contextlib.suppress(FileNotFoundError):
-            if os.path.samestat(os.fstat(fd), os.stat(path)):
-                break
-        os.close(fd)  # its holder removed that file as it ended: lock the one there now
-    try:
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        yield
-    finally:
-        path.unlink(missing_ok=True)  # before the lock goes, so a run waiting on this file locks a new one
-        os.close(fd)
-
-
-def check_replaceable(path):
-    """A new run may replace CKPT_DIR/NAME.pt only where it holds a finished run (the same command again
-    starts it over); an unfinished one is continued with --resume or replaced with --overwrite."""
-    if not path.exists():
-        return
-    replace = "pass --overwrite to replace it, or give this run another --name"
-    try:
-        ckpt = load_checkpoint(path)
-    except NPEError as err:
-        raise NPEError(f"{err}; {replace}") from None
-    try:
-        step = ckpt["train_state"]["step"]
-        steps = total_steps(ckpt["args"]["total_samples"], ckpt["args"]["effective_batch"])
-        unfinished = step < steps
-    except (KeyError, TypeError, ZeroDivisionError):
-        raise NPEError(f"{path} holds no run that can be resumed (a best-val copy?); {replace}") from None
-    if unfinished:
-        raise NPEError(f"{path} holds an unfinished run (step {step:,} of {steps:,}): continue it with the same "
-                       f"command and --resume, or start over with --overwrite")
-    print(f"replacing the finished run in {path} ({steps:,} steps)")
 
 
 def fit(run):

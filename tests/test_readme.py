@@ -1,11 +1,16 @@
 """The README and docs/: commands use only flags their scripts (and torchrun) take, every script is shown,
 the README stays short, its Python runs, and every local link points to a file."""
+import contextlib
+import importlib
+import io
 import re
 import shlex
+import sys
+from pathlib import Path
 
 import pytest
 
-from conftest import REPO, check, run_python, run_script
+from conftest import REPO, check, run_python
 
 SCRIPTS = sorted(p.name for p in REPO.glob("*.py"))
 README = REPO / "README.md"
@@ -46,20 +51,29 @@ def test_every_script_appears_in_a_command_of_the_readme_or_docs():
     assert set(SCRIPTS) - shown == set()
 
 
+def help_text(module):
+    """What `python SCRIPT.py --help` or `python -m MODULE --help` prints, from the module's main() run in
+    this process (a fresh interpreter per script took most of this file's time)."""
+    out = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(out):
+        patch.setattr(sys, "argv", [module, "--help"])
+        with pytest.raises(SystemExit) as exit_:
+            importlib.import_module(module).main()
+    assert exit_.value.code == 0
+    return out.getvalue()
+
+
 @pytest.fixture(scope="module")
 def program_flags():
     """{program: set of flags}, read from the --help of each script, torchrun and each module the text runs."""
-    def help_flags(*command):
-        return set(re.findall(r"--[\w-]+", check(run_python(*command, "--help")).stdout))
-
     modules = {program for path in [*DOCS, QUICKSTART] for program, _ in commands(shell_text(path))
                if not program.endswith(".py") and program != "torchrun"}
-    return {"torchrun": help_flags("-m", "torch.distributed.run"),
-            **{module: help_flags("-m", module) for module in modules},
-            **{s: set(re.findall(r"--\w+", check(run_script(s, "--help")).stdout)) for s in SCRIPTS}}
+    torchrun = check(run_python("-m", "torch.distributed.run", "--help")).stdout
+    return {"torchrun": set(re.findall(r"--[\w-]+", torchrun)),
+            **{module: set(re.findall(r"--[\w-]+", help_text(module))) for module in modules},
+            **{s: set(re.findall(r"--\w+", help_text(Path(s).stem))) for s in SCRIPTS}}
 
 
-@pytest.mark.slow  # program_flags runs every script's --help
 @pytest.mark.parametrize("path", [*DOCS, QUICKSTART], ids=lambda p: str(p.relative_to(REPO)))
 def test_commands_use_only_flags_their_program_takes(path, program_flags):
     problems = []

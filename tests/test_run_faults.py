@@ -15,7 +15,8 @@ import torch
 from conftest import CHILD_ENV, CLASSIC, REPO, cli, is_one_error_line, ok
 from npe.checkpoint import load_model
 from npe.cli import NPEError
-from npe.train import RESUME_FLAGS, run_lock, train, train_parser
+from npe.runs import run_lock
+from npe.train import RESUME_FLAGS, train, train_parser
 
 RUN = ["--total_samples", 1000, "--batch_size", 100, "--eval_every", 5, "--device", "cpu"]  # 10 steps
 STEPS = 10
