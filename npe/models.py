@@ -241,12 +241,16 @@ def size_defaults(kind):
     return {name: parameters[name].default for name in MODELS[kind].flags}
 
 
+def position_step(meta):
+    """Normalized position change per frame for a normalized velocity of 1 (vel_scale * dt / pos_scale)."""
+    return meta["state_scale"][2] * meta["dt"] / meta["state_scale"][0]
+
+
 def data_config(kind, meta, dv_scale):
     """The constructor arguments of model `kind` that follow from the data: the neighbourhood radius
     and the integration step from the dataset's metadata, dv_scale from its train split."""
-    pos_scale, vel_scale = meta["state_scale"][0], meta["state_scale"][2]
-    derived = {"neighbourhood": NEIGHBOURHOOD_RADII * meta["world"]["radius"] / pos_scale,
-               "dv_scale": dv_scale, "pos_step": vel_scale * meta["dt"] / pos_scale}
+    derived = {"neighbourhood": NEIGHBOURHOOD_RADII * meta["world"]["radius"] / meta["state_scale"][0],
+               "dv_scale": dv_scale, "pos_step": position_step(meta)}
     parameters = inspect.signature(MODELS[kind]).parameters
     return {name: value for name, value in derived.items() if name in parameters}
 

@@ -1,8 +1,11 @@
 """Autoregressive rollouts and the metrics that compare them with the truth."""
+import numpy as np
 import pandas as pd
 import torch
 
-from .config import MASS, POS, VEL, is_ball
+from .config import MASS, POS, VEL, World, is_ball
+from .models import position_step
+from .sim import next_velocities
 
 
 @torch.no_grad()
@@ -27,6 +30,25 @@ def rollout(model, frames, steps):
     return torch.stack(out, dim=1)
 
 
+class SimulatorOracle:
+    """The ceiling of this rollout protocol: at every step, the simulator's own next velocity from the
+    rolled-out state (one pymunk frame from its positions and velocities), integrated as a model's output
+    is. Within a frame where a collision happens the integration is not the simulator's, so even this
+    drifts from the truth; the recorded scene's velocities would score a meaningless 1."""
+
+    def __init__(self, meta):
+        self.world, self.pos_step = World.from_dict(meta["world"]), position_step(meta)
+        self.scale = torch.tensor(meta["state_scale"], dtype=torch.float64)
+
+    def __call__(self, frames):
+        raw = (frames[:, 1].double() * self.scale).numpy()  # [B, N, 5] px, px/s
+        vel = np.stack([next_velocities(self.world, scene) for scene in raw])  # [B, N, 2] px/s
+        return torch.as_tensor(vel / self.scale[VEL].numpy(), dtype=frames.dtype)
+
+    def accepts(self, num_objects):
+        return True
+
+
 class ConstantVelocity:
     """The baseline: every ball keeps its last velocity."""
 
@@ -41,11 +63,12 @@ class ConstantVelocity:
 
 
 def velocity_metrics(pred, truth):
-    """pred, truth [B, T, N, 5] -> per-step cosine similarity, relative magnitude error (mean, median).
+    """pred, truth [B, T, N, 5] -> {metric: [T]}: cosine similarity, relative magnitude error (mean,
+    median), and the 95% intervals of the two means (their _low and _high) over the scenes.
 
     All are taken per ball and step, blocks and padding left out; relative magnitude error is
     | |v| - |v_pred| | / |v|, heavy-tailed when a true ball nearly stops, hence the median beside the
-    mean. Each is [T].
+    mean.
     """
     v, p = truth[..., VEL], pred[..., VEL]
     cos = torch.nn.functional.cosine_similarity(p, v, dim=-1, eps=1e-12)  # [B, T, N]
@@ -53,7 +76,23 @@ def velocity_metrics(pred, truth):
     rel = (speed - p.norm(dim=-1)).abs() / speed.clamp_min(1e-12)
     moving = is_ball(truth[:, 0])  # [B, N]
     per_step = lambda x: x.transpose(0, 1)[:, moving]  # [T, balls]
-    return per_step(cos).mean(1), per_step(rel).mean(1), per_step(rel).median(1).values
+    metrics = {"cosine_similarity": per_step(cos).mean(1), "relative_magnitude_error": per_step(rel).mean(1),
+               "relative_magnitude_error_median": per_step(rel).median(1).values}
+    counts = moving.sum(-1).double()  # [B]
+    for name, values in (("cosine_similarity", cos), ("relative_magnitude_error", rel)):
+        sums = (values.double() * moving[:, None]).sum(-1)  # [B, T]
+        metrics[f"{name}_low"], metrics[f"{name}_high"] = bootstrap_interval(sums, counts)
+    return metrics
+
+
+def bootstrap_interval(sums, counts, draws=1000):
+    """The 95% interval [2, T] of sums.sum(0) / counts.sum(), a mean over balls, with the scenes (rows of
+    sums [S, T], counts [S]) resampled with replacement; seeded, so a table regenerates exactly."""
+    generator, means = torch.Generator().manual_seed(0), []
+    for _ in range(draws // 100):  # 100 resamples at a time: [100, S, T] stays small
+        picked = torch.randint(len(sums), (100, len(sums)), generator=generator)
+        means.append(sums[picked].sum(1) / counts[picked].sum(1, keepdim=True))
+    return torch.quantile(torch.cat(means), torch.tensor([0.025, 0.975], dtype=sums.dtype), dim=0)
 
 
 def compare(models, scenes, steps):
@@ -61,11 +100,8 @@ def compare(models, scenes, steps):
     start, truth = scenes[:, :2], scenes[:, 2:2 + steps]
     rows = []
     for name, model in models.items():
-        cos, rel, rel_median = velocity_metrics(rollout(model, start, steps), truth)
-        for t in range(steps):
-            rows.append({"model": name, "step": t + 1, "cosine_similarity": cos[t].item(),
-                         "relative_magnitude_error": rel[t].item(),
-                         "relative_magnitude_error_median": rel_median[t].item()})
+        metrics = velocity_metrics(rollout(model, start, steps), truth)
+        rows += [{"model": name, "step": t + 1, **{k: v[t].item() for k, v in metrics.items()}} for t in range(steps)]
     return pd.DataFrame(rows)
 
 
@@ -79,7 +115,8 @@ def summary_text(table, steps):
 
 
 def results_markdown(table, steps, test_mse):
-    """The README's results table: metrics at `steps` for each model, plus one-step test MSE {model: mse}."""
+    """The README's results table: metrics at `steps` for each model, plus one-step test MSE {model: mse}
+    where given."""
     head = ["model"] + [f"cos@{s}" for s in steps] + [f"rel.err@{s} mean / median" for s in steps]
     lines = []
     for name, rows in table.groupby("model", sort=False):
@@ -87,7 +124,7 @@ def results_markdown(table, steps, test_mse):
         cells = [name.replace("_", " ")] + [f"{c:.3f}" for c in at.cosine_similarity]
         cells += [f"{m:.3f} / {d:.3f}" for m, d in zip(at.relative_magnitude_error,
                                                        at.relative_magnitude_error_median)]
-        lines.append(cells + [f"{test_mse[name]:.2e}"])
+        lines.append(cells + [f"{test_mse[name]:.2e}" if name in test_mse else "–"])
     return markdown_table(head + ["1-step test MSE"], lines)
 
 

@@ -142,6 +142,20 @@ def simulate_scene(world: World, seed: int, scene_index: int, num_frames: int | 
     return out
 
 
+def next_velocities(world: World, states):
+    """The simulator's own next frame from any raw state [N, 5] of a scene (balls, blocks and padding, in
+    px, px/s and mass): the velocities [N, 2] one frame later, 0 for blocks and padding. Built anew from
+    positions and velocities alone, as a rolled-out state gives them."""
+    balls, blocks = states[:, MASS] > 0, states[:, MASS] == 0
+    centres = np.round(states[blocks, :2], 3)  # float32 rounding would keep shared block edges apart
+    space, bodies = _space(world, states[balls, :2], states[balls, 2:4], states[balls, MASS], centres)
+    for _ in range(world.substeps):
+        space.step(world.dt / world.substeps)
+    out = np.zeros((len(states), 2))
+    out[balls] = [(b.velocity.x, b.velocity.y) for b in bodies]
+    return out
+
+
 def _simulate_chunk(job):
     world, seed, start, stop, num_frames = job
     return np.stack([simulate_scene(world, seed, i, num_frames) for i in range(start, stop)])

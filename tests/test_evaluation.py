@@ -24,9 +24,9 @@ def compare(tmp_path, *flags):
         return result, list(csv.DictReader(f))
 
 
-def test_compare_with_one_checkpoint_shows_it_and_constant_velocity_only(tmp_path):
+def test_compare_with_one_checkpoint_shows_it_and_the_two_baselines_only(tmp_path):
     result, rows = compare(tmp_path, "--classic_ckpt", CLASSIC)
-    assert [m for m in dict.fromkeys(r["model"] for r in rows)] == ["npe_classic", "constant_velocity"]
+    assert list(dict.fromkeys(r["model"] for r in rows)) == ["npe_classic", "simulator_oracle", "constant_velocity"]
     assert {r["checkpoint"] for r in rows if r["model"] == "npe_classic"} == {str(CLASSIC)}
     assert all("seed 1000" in r["scenes"] and "4 balls" in r["scenes"] for r in rows)
     assert str(CLASSIC) in result.stdout and "4 fresh scenes (seed 1000)" in result.stdout
@@ -34,7 +34,7 @@ def test_compare_with_one_checkpoint_shows_it_and_constant_velocity_only(tmp_pat
 
 def test_compare_with_three_checkpoints_of_any_kind_uses_their_labels(tmp_path):
     _, rows = compare(tmp_path, "--ckpts", *PAPER, "--labels", "NPE", "no pairs", "LSTM")
-    assert list(dict.fromkeys(r["model"] for r in rows)) == ["NPE", "no pairs", "LSTM", "constant_velocity"]
+    assert list(dict.fromkeys(r["model"] for r in rows)) == ["NPE", "no pairs", "LSTM", "simulator_oracle", "constant_velocity"]
     assert (tmp_path / "c.png").stat().st_size > 0
 
 

@@ -53,7 +53,7 @@ def test_padding_does_not_change_a_scenes_rollout_or_metrics(scenes, model):
     scene, trimmed = scenes[s:s + 1], scenes[s:s + 1, :, :objects[s]]
     padded, alone = rollout(model, scene[:, :2], 5), rollout(model, trimmed[:, :2], 5)
     torch.testing.assert_close(padded[:, :, :objects[s]], alone, rtol=0, atol=1e-6)
-    for a, b in zip(velocity_metrics(padded, scene[:, 2:7]), velocity_metrics(alone, trimmed[:, 2:7])):
+    for a, b in zip(velocity_metrics(padded, scene[:, 2:7]).values(), velocity_metrics(alone, trimmed[:, 2:7]).values()):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
 
 

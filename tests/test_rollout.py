@@ -5,7 +5,7 @@ import torch
 from npe.config import MASS, POS, VEL, World, state_scale
 from npe.data import simulate
 from npe.models import build_model, data_config
-from npe.rollouts import ConstantVelocity, rollout, velocity_metrics
+from npe.rollouts import ConstantVelocity, SimulatorOracle, bootstrap_interval, rollout, velocity_metrics
 
 WORLD = World()
 META = {"state_scale": state_scale(), "world": WORLD.to_dict(), "dt": WORLD.dt, "seed": 0}
@@ -80,9 +80,13 @@ def test_constant_velocity_misses_collisions(scenes):
     assert (pred[..., VEL] - scenes[:, 2:42, :, VEL]).abs().max() > 0.1
 
 
+def main_metrics(metrics):
+    return [metrics[k] for k in ("cosine_similarity", "relative_magnitude_error", "relative_magnitude_error_median")]
+
+
 def test_velocity_metrics_of_a_perfect_prediction_are_cosine_one_and_error_zero(scenes):
     truth = scenes[:, 2:12]
-    cos, rel, rel_median = velocity_metrics(truth.clone(), truth)
+    cos, rel, rel_median = main_metrics(velocity_metrics(truth.clone(), truth))
     assert cos.shape == rel.shape == rel_median.shape == (10,)
     torch.testing.assert_close(cos, torch.ones(10))
     assert torch.all(rel == 0) and torch.all(rel_median == 0)
@@ -92,7 +96,7 @@ def test_velocity_metrics_of_a_reversed_prediction_are_cosine_minus_one_and_erro
     truth = scenes[:, 2:12]
     pred = truth.clone()
     pred[..., VEL] *= -1
-    cos, rel, _ = velocity_metrics(pred, truth)
+    cos, rel, _ = main_metrics(velocity_metrics(pred, truth))
     torch.testing.assert_close(cos, -torch.ones(10))
     torch.testing.assert_close(rel, torch.zeros(10))
 
@@ -101,7 +105,30 @@ def test_velocity_metrics_of_a_double_speed_prediction_are_cosine_one_and_error_
     truth = scenes[:, 2:12]
     pred = truth.clone()
     pred[..., VEL] *= 2
-    cos, rel, rel_median = velocity_metrics(pred, truth)
+    cos, rel, rel_median = main_metrics(velocity_metrics(pred, truth))
     torch.testing.assert_close(cos, torch.ones(10))
     torch.testing.assert_close(rel, torch.ones(10))
     torch.testing.assert_close(rel_median, torch.ones(10))
+
+
+def test_bootstrap_interval_holds_the_mean_and_narrows_with_more_scenes():
+    generator = torch.Generator().manual_seed(0)
+    values = torch.rand(400, 3, generator=generator, dtype=torch.float64)  # [S, T], one ball per scene
+    counts = torch.ones(400, dtype=torch.float64)
+    few, many = bootstrap_interval(values[:40], counts[:40]), bootstrap_interval(values, counts)
+    for interval, part in ((few, values[:40]), (many, values)):
+        assert torch.all(interval[0] < part.mean(0)) and torch.all(part.mean(0) < interval[1])
+    assert torch.all(many[1] - many[0] < few[1] - few[0])
+
+
+def test_oracle_from_the_true_state_predicts_the_true_next_velocity(scenes):
+    oracle = SimulatorOracle(META)
+    frames = scenes[:8, 10:12]
+    torch.testing.assert_close(oracle(frames), scenes[:8, 12, :, VEL], rtol=0, atol=2e-3)
+
+
+def test_oracle_rollout_beats_constant_velocity_and_stays_near_the_truth(scenes):
+    start, truth = scenes[:, :2], scenes[:, 2:32]
+    oracle = velocity_metrics(rollout(SimulatorOracle(META), start, 30), truth)["cosine_similarity"]
+    constant = velocity_metrics(rollout(ConstantVelocity(POS_STEP), start, 30), truth)["cosine_similarity"]
+    assert torch.all(oracle[:3] > 0.99) and oracle.mean() > constant.mean() + 0.2

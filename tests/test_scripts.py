@@ -51,9 +51,12 @@ def test_compare_script_writes_a_figure_and_per_step_metrics(script, checkpoints
     assert out_png.read_bytes().startswith(b"\x89PNG")
     with open(out_png.with_suffix(".csv"), newline="") as f:
         rows = list(csv.DictReader(f))
-    assert sorted({r["model"] for r in rows}) == ["classic", "constant_velocity", "modern"]
+    assert sorted({r["model"] for r in rows}) == ["classic", "constant_velocity", "modern", "simulator_oracle"]
     assert sorted(int(r["step"]) for r in rows if r["model"] == "modern") == [1, 2, 3, 4, 5]
     assert all(-1 <= float(r["cosine_similarity"]) <= 1 for r in rows)
+    for metric in ("cosine_similarity", "relative_magnitude_error"):  # the mean within its bootstrap interval
+        assert all(float(r[f"{metric}_low"]) - 1e-6 <= float(r[metric]) <= float(r[f"{metric}_high"]) + 1e-6
+                   for r in rows)
 
 
 @pytest.mark.slow
@@ -64,7 +67,8 @@ def test_compare_script_with_test_prefix_writes_the_results_table(script, checkp
                     "--test_prefix", dataset)
     assert result.returncode == 0, result.stderr
     rows = [line for line in out_png.with_suffix(".md").read_text().splitlines() if line.startswith("| ")]
-    assert [r.split("|")[1].strip() for r in rows] == ["model", "classic", "modern", "constant velocity"]
+    assert [r.split("|")[1].strip() for r in rows] == ["model", "classic", "modern", "simulator oracle",
+                                                      "constant velocity"]
     assert all(len(r.split("|")) == len(rows[0].split("|")) for r in rows)
 
 
