@@ -5,15 +5,17 @@ cosine similarity and relative magnitude error per step, with 95% bootstrap inte
 the CSV. Without checkpoint flags: the shipped pretrained classic and modern NPE."""
 from pathlib import Path
 
+import pandas as pd
+
 from npe.checkpoint import describe_models, load_models, same_world
-from npe.cli import (NPEError, Parser, add_checkpoint_flags, add_threads_flag, output_file, positive_int,
-                     random_seed, run_cli, scene_count, set_threads)
+from npe.cli import (NPEError, Parser, add_checkpoint_flags, add_threads_flag, nonnegative_float, output_file,
+                     positive_int, random_seed, run_cli, scene_count, set_threads)
 from npe.config import World
 from npe.data import load_meta, load_split, simulate
 from npe.files import save_text
 from npe.models import one_step_loss
 from npe.plots import plot_rollout_metrics
-from npe.rollouts import ConstantVelocity, SimulatorOracle, compare, results_markdown, summary_text
+from npe.rollouts import ConstantVelocity, SimulatorOracle, chaos_reference, compare, results_markdown, summary_text
 
 TABLE_STEPS = (1, 5, 10, 25, 50)
 
@@ -27,6 +29,11 @@ def main():
     p.add_argument("--out_png", type=output_file(".png"),
                    default=Path("figs/prediction_task_classic_vs_modern_2panels.png"),
                    help="figure (.png); the CSV is written beside it with the same stem")
+    p.add_argument("--chaos_px", type=nonnegative_float, default=None,
+                   help="also roll the simulator itself on from each scene's true state at t, with Gaussian noise "
+                        "of this std in px on the balls' positions: how fast chaos alone leaves the truth")
+    p.add_argument("--chaos_px_per_frame", type=nonnegative_float, default=None,
+                   help="as --chaos_px, with noise of this std in px per frame on the balls' velocities")
     p.add_argument("--test_prefix", default=None,
                    help="dataset prefix: also measure one-step MSE on its test split and write the results "
                         "table as Markdown beside the figure (needs --rollout_steps 50 or more)")
@@ -45,7 +52,11 @@ def main():
                  "constant_velocity": ConstantVelocity(next(iter(models.values())).pos_step)}
     named = {**models, **baselines}
     shown = f"{args.num_scenes} fresh scenes (seed {args.seed}) of {World.from_dict(meta['world']).describe()}"
-    table = compare(named, scenes, args.rollout_steps).assign(
+    table = compare(named, scenes, args.rollout_steps)
+    if args.chaos_px is not None or args.chaos_px_per_frame is not None:
+        table = pd.concat([table, chaos_reference(meta, scenes, args.rollout_steps, args.chaos_px or 0.0,
+                                                  args.chaos_px_per_frame or 0.0)], ignore_index=True)
+    table = table.assign(
         checkpoint=lambda t: t.model.map({label: str(m.path) for label, m in models.items()}).fillna(""),
         scenes=shown)
     csv_path = args.out_png.with_suffix(".csv")

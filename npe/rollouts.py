@@ -5,7 +5,7 @@ import torch
 
 from .config import MASS, POS, VEL, World, is_ball
 from .models import position_step
-from .sim import next_velocities
+from .sim import next_velocities, simulate_from
 
 
 @torch.no_grad()
@@ -98,11 +98,30 @@ def bootstrap_interval(sums, counts, draws=1000):
 def compare(models, scenes, steps):
     """models {name: model}, scenes [S, 2 + steps, N, 5] -> DataFrame of per-step metrics."""
     start, truth = scenes[:, :2], scenes[:, 2:2 + steps]
-    rows = []
-    for name, model in models.items():
-        metrics = velocity_metrics(rollout(model, start, steps), truth)
-        rows += [{"model": name, "step": t + 1, **{k: v[t].item() for k, v in metrics.items()}} for t in range(steps)]
-    return pd.DataFrame(rows)
+    return pd.concat([metric_rows(name, velocity_metrics(rollout(model, start, steps), truth))
+                      for name, model in models.items()], ignore_index=True)
+
+
+def metric_rows(name, metrics):
+    """velocity_metrics() of `name` as DataFrame rows, one per step."""
+    return pd.DataFrame({"model": name, "step": range(1, len(metrics["cosine_similarity"]) + 1),
+                         **{k: v.tolist() for k, v in metrics.items()}})
+
+
+def chaos_reference(meta, scenes, steps, position_px=0.0, velocity_px=0.0, seed=0):
+    """The simulator against itself: metric rows of each scene simulated on from its true state at t
+    (scenes [S, 2 + steps, N, 5], frame 1) with Gaussian noise of std `position_px` px on the balls'
+    positions and `velocity_px` px/frame on their velocities. How fast this world's chaos alone takes a
+    perfect model of it away from the truth."""
+    world, scale = World.from_dict(meta["world"]), np.array(meta["state_scale"])
+    raw = scenes[:, 1].double().numpy() * scale  # [S, N, 5] px, px/s
+    balls = raw[..., MASS, None] > 0
+    noise = np.random.default_rng(seed).normal(size=(2, *raw.shape[:2], 2))
+    raw[..., POS] += noise[0] * position_px * balls
+    raw[..., VEL] += noise[1] * velocity_px / world.dt * balls
+    pred = np.stack([simulate_from(world, scene, steps) for scene in raw]) / scale  # [S, steps, N, 5]
+    name = f"simulator, noise {position_px:g} px, {velocity_px:g} px/frame"
+    return metric_rows(name, velocity_metrics(torch.as_tensor(pred, dtype=scenes.dtype), scenes[:, 2:2 + steps]))
 
 
 def summary_text(table, steps):

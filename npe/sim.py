@@ -143,16 +143,23 @@ def simulate_scene(world: World, seed: int, scene_index: int, num_frames: int | 
 
 
 def next_velocities(world: World, states):
-    """The simulator's own next frame from any raw state [N, 5] of a scene (balls, blocks and padding, in
-    px, px/s and mass): the velocities [N, 2] one frame later, 0 for blocks and padding. Built anew from
-    positions and velocities alone, as a rolled-out state gives them."""
+    """The simulator's own velocities [N, 2] one frame after any raw state [N, 5] of a scene (balls, blocks
+    and padding, in px, px/s and mass), built anew from positions and velocities alone, as a rolled-out
+    state gives them; 0 for blocks and padding."""
+    return simulate_from(world, states, 1)[0, :, 2:4] * (states[:, MASS, None] > 0)
+
+
+def simulate_from(world: World, states, num_frames):
+    """The simulator run on from any raw state [N, 5] of a scene (as next_velocities takes it): the
+    states [num_frames, N, 5] of the frames after it, one space throughout, as simulate_scene steps."""
     balls, blocks = states[:, MASS] > 0, states[:, MASS] == 0
     centres = np.round(states[blocks, :2], 3)  # float32 rounding would keep shared block edges apart
     space, bodies = _space(world, states[balls, :2], states[balls, 2:4], states[balls, MASS], centres)
-    for _ in range(world.substeps):
-        space.step(world.dt / world.substeps)
-    out = np.zeros((len(states), 2))
-    out[balls] = [(b.velocity.x, b.velocity.y) for b in bodies]
+    out = np.repeat(states[None].astype(np.float64), num_frames, axis=0)
+    for f in range(num_frames):
+        for _ in range(world.substeps):
+            space.step(world.dt / world.substeps)
+        out[f, balls, :4] = [(b.position.x, b.position.y, b.velocity.x, b.velocity.y) for b in bodies]
     return out
 
 

@@ -69,3 +69,9 @@ def test_render_draws_a_panel_per_checkpoint_in_a_world_of_the_generator_flags(t
     assert video == "u_world_scene0.mp4"
     frame = imageio.get_reader(tmp_path / video).get_data(0)
     assert frame.shape[1] >= 4 * PANEL_PX  # the truth and three models
+
+
+def test_compare_chaos_flags_add_the_simulator_from_perturbed_states(tmp_path):
+    _, rows = compare(tmp_path, "--classic_ckpt", CLASSIC, "--chaos_px", 0)
+    simulator = [r for r in rows if r["model"].startswith("simulator, noise 0 px")]
+    assert len(simulator) == 5 and all(float(r["cosine_similarity"]) > 0.9999 for r in simulator)

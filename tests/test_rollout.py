@@ -5,7 +5,8 @@ import torch
 from npe.config import MASS, POS, VEL, World, state_scale
 from npe.data import simulate
 from npe.models import build_model, data_config
-from npe.rollouts import ConstantVelocity, SimulatorOracle, bootstrap_interval, rollout, velocity_metrics
+from npe.rollouts import (ConstantVelocity, SimulatorOracle, bootstrap_interval, chaos_reference, rollout,
+                          velocity_metrics)
 
 WORLD = World()
 META = {"state_scale": state_scale(), "world": WORLD.to_dict(), "dt": WORLD.dt, "seed": 0}
@@ -132,3 +133,10 @@ def test_oracle_rollout_beats_constant_velocity_and_stays_near_the_truth(scenes)
     oracle = velocity_metrics(rollout(SimulatorOracle(META), start, 30), truth)["cosine_similarity"]
     constant = velocity_metrics(rollout(ConstantVelocity(POS_STEP), start, 30), truth)["cosine_similarity"]
     assert torch.all(oracle[:3] > 0.99) and oracle.mean() > constant.mean() + 0.2
+
+
+def test_chaos_reference_without_noise_is_the_truth_and_with_noise_drifts_from_it(scenes):
+    exact = chaos_reference(META, scenes[:10], 20)
+    noisy = chaos_reference(META, scenes[:10], 20, velocity_px=1.0)
+    assert (exact.cosine_similarity > 0.9999).all() and (exact.relative_magnitude_error < 1e-4).all()
+    assert noisy.cosine_similarity.iloc[-1] < 0.999 and noisy.model.iloc[0] != exact.model.iloc[0]
