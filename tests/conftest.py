@@ -9,6 +9,7 @@ import importlib
 import io
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -42,6 +43,31 @@ def run_python(*args, timeout=300, **env):
 def run_script(script, *args, timeout=300):
     """Run one of the top-level scripts in a fresh interpreter; returns the CompletedProcess."""
     return run_python(REPO / script, *args, timeout=timeout)
+
+
+def start(script, *args, **popen):
+    """A script in its own interpreter, stdout and stderr piped, with Ctrl-C handled as from a terminal.
+
+    A shell without job control starts a background job (`pytest &`) with SIGINT ignored, and a child
+    inherits that: Python then never raises KeyboardInterrupt, and the Ctrl-C tests would hang.
+    """
+    return subprocess.Popen([sys.executable, str(REPO / script), *map(str, args)], cwd=REPO, env=CHILD_ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **popen)
+
+
+def generation_under_way(prefix, workers):
+    """generate_dataset_4ball.py on a million scenes in a session of its own, once it has simulated some:
+    (the process, what it has written to stderr so far)."""
+    proc = start("generate_dataset_4ball.py", "--num_scenes", 10**6, "--workers", workers, "--out_prefix", prefix,
+                 start_new_session=True)
+    seen = ""
+    while not re.search(r"\| [1-9]\d*/1000000 ", seen):
+        chunk = os.read(proc.stderr.fileno(), 4096).decode()
+        if not chunk:
+            pytest.fail(f"generation ended before simulating a scene:\n{seen[-2000:]}")
+        seen += chunk
+    return proc, seen
 
 
 def check(result):

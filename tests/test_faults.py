@@ -10,7 +10,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -18,24 +17,14 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from conftest import CHILD_ENV, CLASSIC, MODERN, REPO, SEED, TINY_MODERN, cli, is_one_error_line, messages, ok
+from conftest import (CLASSIC, MODERN, SEED, TINY_MODERN, cli, generation_under_way, is_one_error_line, messages, ok,
+                      start)
 from npe.cli import NPEError
 from npe.config import World
 from npe.data import generate_dataset
 from npe.sim import simulate_scenes
 
 ENDLESS = ["--total_samples", 10**7, "--batch_size", 50, "--eval_every", 10**6, "--device", "cpu"]
-
-
-def start(script, *args, **popen):
-    """A script in its own interpreter, stdout and stderr piped, with Ctrl-C handled as from a terminal.
-
-    A shell without job control starts a background job (`pytest &`) with SIGINT ignored, and a child
-    inherits that: Python then never raises KeyboardInterrupt, and the Ctrl-C tests would hang.
-    """
-    return subprocess.Popen([sys.executable, str(REPO / script), *map(str, args)], cwd=REPO, env=CHILD_ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **popen)
 
 
 def finish(proc, timeout, kill=subprocess.Popen.kill):
@@ -331,14 +320,7 @@ def generation_interrupted(request, tmp_path_factory):
     main process, so that what the user sees does not depend on which process handles it first.
     """
     prefix = tmp_path_factory.mktemp("ctrl_c") / "balls"
-    proc = start("generate_dataset_4ball.py", "--num_scenes", 10**6, "--workers", request.param,
-                 "--out_prefix", prefix, start_new_session=True)
-    seen = ""
-    while not re.search(r"\| [1-9]\d*/1000000 ", seen):
-        chunk = os.read(proc.stderr.fileno(), 4096).decode()
-        if not chunk:
-            pytest.fail(f"generation ended before simulating a scene:\n{seen[-2000:]}")
-        seen += chunk
+    proc, seen = generation_under_way(prefix, request.param)
     for pid in group_members(proc.pid):
         os.kill(pid, signal.SIGINT)
     time.sleep(0.5)

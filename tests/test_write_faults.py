@@ -3,7 +3,6 @@ tests hold as root), temporary files a killed run left, inputs that are not regu
 what the code can use, and SIGTERM to a generation with worker processes."""
 import errno
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -14,7 +13,7 @@ import torch
 
 import npe.files
 import npe.render
-from conftest import CHILD_ENV, REPO, cli, is_one_error_line, messages
+from conftest import cli, generation_under_way, is_one_error_line, messages
 from npe.cli import FLOAT32_MAX, FLOAT32_TINY, MAX_SCENES, SEED_MAX, NPEError, ball_mass, random_seed, scene_count
 from npe.config import World, state_scale
 from npe.files import load_torch, save_text, save_torch
@@ -225,16 +224,7 @@ def test_extreme_accepted_masses_simulate_to_finite_positive_masses():
 @pytest.mark.slow
 @pytest.mark.parametrize("to_group", [False, True], ids=["kill PID", "kill the process group"])
 def test_sigterm_to_a_two_worker_generation_exits_143_with_one_line_and_no_traceback(to_group, tmp_path):
-    proc = subprocess.Popen([sys.executable, str(REPO / "generate_dataset_4ball.py"), "--num_scenes", str(10**6),
-                             "--workers", "2", "--out_prefix", str(tmp_path / "balls")],
-                            cwd=REPO, env=CHILD_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
-    seen = ""
-    while not re.search(r"\| [1-9]\d*/1000000 ", seen):
-        chunk = os.read(proc.stderr.fileno(), 4096).decode()
-        if not chunk:
-            pytest.fail(f"generation ended before simulating a scene:\n{seen[-2000:]}")
-        seen += chunk
+    proc, seen = generation_under_way(tmp_path / "balls", 2)
     (os.killpg if to_group else os.kill)(proc.pid, signal.SIGTERM)
     try:
         stderr = proc.communicate(timeout=20)[1]
