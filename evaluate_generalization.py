@@ -1,6 +1,7 @@
 """Roll out trained models (NPE, NP, LSTM checkpoints, any mix) in worlds other than the one they
 were trained in (more balls, new obstacle layouts) and compare velocity cosine similarity and relative
-magnitude error per world, with a constant-velocity baseline: the paper's generalization experiments."""
+magnitude error per world, with a constant-velocity baseline and the simulator oracle (the ceiling of the
+rollout protocol): the paper's generalization experiments."""
 from pathlib import Path
 
 import pandas as pd
@@ -11,7 +12,7 @@ from npe.config import World
 from npe.data import simulate
 from npe.files import save_text
 from npe.plots import plot_generalization
-from npe.rollouts import ConstantVelocity, compare, generalization_markdown
+from npe.rollouts import ConstantVelocity, SimulatorOracle, compare, generalization_markdown
 
 
 def main():
@@ -25,6 +26,7 @@ def main():
     print(f"{set_threads(args.threads)} CPU threads")
     models, meta = load_models(args)
     checkpoints, described = {label: str(model.path) for label, model in models.items()}, describe_models(models)
+    models["simulator_oracle"] = SimulatorOracle(meta)  # the ceiling of the rollout protocol, in every world
     models["constant_velocity"] = ConstantVelocity(next(iter(models.values())).pos_step)
     training = World.from_dict(meta["world"])
     worlds = experiment_worlds(args, meta)
@@ -43,7 +45,7 @@ def main():
     markdown = generalization_markdown(table, sorted({min(10, args.rollout_steps), args.rollout_steps}))
     save_text(markdown, args.out_png.with_suffix(".md"))
     plot_generalization(table, args.out_png, f"{shown}; {described}", trained)
-    print(f"Rollouts of {described} and constant velocity, {shown}; training worlds: "
+    print(f"Rollouts of {described}, the simulator oracle and constant velocity, {shown}; training worlds: "
           f"{', '.join(sorted(trained)) or 'none'}")
     print(markdown + f"wrote {args.out_png} and its .csv and .md")
 
