@@ -134,15 +134,17 @@ def summary_text(table, steps):
 
 
 def results_markdown(table, steps, test_mse):
-    """The README's results table: metrics at `steps` for each model, plus one-step test MSE {model: mse}
+    """The README's results table: for each model, cosine similarity and mean relative magnitude error at
+    `steps`, each with its 95% bootstrap interval over the scenes, and one-step test MSE {model: mse}
     where given."""
-    head = ["model"] + [f"cos@{s}" for s in steps] + [f"rel.err@{s} mean / median" for s in steps]
+    head = ["model"] + [f"cos@{s} [95%]" for s in steps] + [f"rel.err@{s} [95%]" for s in steps]
     lines = []
     for name, rows in table.groupby("model", sort=False):
         at = rows.set_index("step").loc[list(steps)]
-        cells = [name.replace("_", " ")] + [f"{c:.3f}" for c in at.cosine_similarity]
-        cells += [f"{m:.3f} / {d:.3f}" for m, d in zip(at.relative_magnitude_error,
-                                                       at.relative_magnitude_error_median)]
+        cells = [name.replace("_", " ")]
+        for metric in ("cosine_similarity", "relative_magnitude_error"):
+            cells += [f"{m:.3f} [{lo:.3f}, {hi:.3f}]" for m, lo, hi in
+                      zip(at[metric], at[f"{metric}_low"], at[f"{metric}_high"])]
         lines.append(cells + [f"{test_mse[name]:.2e}" if name in test_mse else "–"])
     return markdown_table(head + ["1-step test MSE"], lines)
 
