@@ -24,14 +24,13 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from .cli import NPEError
+from .cli import FLOAT32_MAX, NPEError
 from .config import LAYOUTS, SPLIT_FRACTIONS, SPLITS, STATE_DIM, WINDOW, World, state_scale
-from .files import ensure_parent, load_torch, save_text, save_torch, temp_path
+from .files import ensure_parent, load_torch, regular_file, save_text, save_torch, temp_path
 from .sim import simulate_scenes
 
 GENERATE_HINT = "create it with generate_dataset_4ball.py"
 REGENERATE_HINT = "regenerate the dataset with generate_dataset_4ball.py"
-FLOAT32_MAX = torch.finfo(torch.float32).max
 SHARD_HINT = "write them with generate_dataset_4ball.py --shard I --num_shards N"
 
 
@@ -336,11 +335,10 @@ def check_meta(meta, path, hint=REGENERATE_HINT):
 def load_meta(prefix):
     """The metadata of the dataset at `prefix`, checked (check_meta)."""
     path = meta_path(prefix)
-    if not path.is_file():
-        if split_path(prefix, "train").exists() and not path.exists():
-            raise NPEError(f"dataset metadata not found: {path}, though {split_path(prefix, 'train')} is there "
-                           f"(a generation or merge that was interrupted?); {REGENERATE_HINT}")
-        raise NPEError(f"dataset metadata not found: {path} ({GENERATE_HINT}, or fix --dataset_prefix)")
+    if split_path(prefix, "train").exists() and not path.exists():
+        raise NPEError(f"dataset metadata not found: {path}, though {split_path(prefix, 'train')} is there "
+                       f"(a generation or merge that was interrupted?); {REGENERATE_HINT}")
+    regular_file(path, "dataset metadata", f"{GENERATE_HINT}, or fix --dataset_prefix")  # a FIFO would hang
     try:
         meta = json.loads(path.read_text())
     except (OSError, ValueError, RecursionError) as err:  # RecursionError: JSON nested thousands deep

@@ -14,7 +14,7 @@ from matplotlib.collections import EllipseCollection  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
 from .config import MASS, POS  # noqa: E402
-from .files import atomic_path  # noqa: E402
+from .files import atomic_path, first_line  # noqa: E402
 
 DPI = 100
 PANEL_PX = 480  # width of one panel
@@ -113,6 +113,6 @@ def check_video(path, frames):
     try:
         found = imageio_ffmpeg.count_frames_and_secs(path)[0]
     except (RuntimeError, OSError) as err:
-        raise OSError(f"ffmpeg cannot read back the video it wrote ({str(err).strip().splitlines()[0]})") from None
+        raise OSError(f"ffmpeg cannot read back the video it wrote ({first_line(err)})") from None
     if found != frames:
         raise OSError(f"ffmpeg wrote {found} of {frames} frames (a full disk?)")
