@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.flop_counter import FlopCounterMode
 
 from .cli import Parser, positive_float, run_cli
-from .config import VEL, World
+from .config import World
 from .data import generate_dataset, load_split
 from .files import ensure_parent, save_text
 from .models import build_model, loss
@@ -106,7 +106,7 @@ def random_batches(windows, batch_size):
     """(frames, target) batches drawn by index from windows [W, 3, N, 5], on their device, as npe.train does."""
     while True:
         batch = windows[torch.randint(len(windows), (batch_size,), device=windows.device)]
-        yield batch[:, :2], batch[:, 2, :, VEL]
+        yield batch[:, :2], batch[:, 2]
 
 
 def measure_model(kind, prefix, meta, windows, device, sizes, seconds):
@@ -122,10 +122,10 @@ def measure_model(kind, prefix, meta, windows, device, sizes, seconds):
     model = build_model(args.model, new_config(args, meta, windows)).to(device)
     optimizer, on_device = make_optimizer(args, model.parameters()), windows.to(device)
     with FlopCounterMode(display=False) as flops:  # matmuls of one training step, forward and backward
-        loss(model, on_device[:batch, :2], on_device[:batch, 2, :, VEL], model.dv_scale).backward()
+        loss(model, on_device[:batch, :2], on_device[:batch, 2], model.dv_scale).backward()
     print(f"training {kind} at batch {batch}: DataLoader loop for {seconds:g} s, npe.train for as many steps, "
           f"then kept pairs and every pair, {seconds / 4:g} s each", file=sys.stderr)
-    loader = DataLoader(TensorDataset(windows[:, :2], windows[:, 2, :, VEL]), batch, shuffle=True, drop_last=True)
+    loader = DataLoader(TensorDataset(windows[:, :2], windows[:, 2]), batch, shuffle=True, drop_last=True)
     epochs = itertools.chain.from_iterable(itertools.repeat(loader))
     model.train()
     loader_speed, steps = rate(device, seconds, lambda: plain_step(model, optimizer, args, epochs, device))

@@ -4,7 +4,7 @@ import torch
 
 from .config import MASS, POS, VEL, World, is_ball
 from .data import scenes_to_windows
-from .models import velocity_errors
+from .models import step_errors
 
 
 def collision_reach(meta):
@@ -36,7 +36,7 @@ def mass_errors(model, scenes, ball, hypotheses):
     for mass in hypotheses:
         frames = windows[:, :2].clone()
         frames[:, :, ball, MASS] = mass
-        squared, balls = velocity_errors(model, frames, windows[:, 2, :, VEL])  # [W, N] each
+        squared, balls = step_errors(model, frames, windows[:, 2])  # [W, N] each
         per_window = squared.sum(-1) / balls.sum(-1)  # [W]
         errors.append(per_window.view(s, f - 2).mean(1))
     return torch.stack(errors, dim=1)

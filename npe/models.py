@@ -2,9 +2,12 @@
 the paper's two baselines, NP (no pairs) and an LSTM; and the loss they all train on.
 
 All models take `frames` [B, 2, N, 5] (normalized states at t-1 and t) and return the normalized
-velocity at t+1, [B, N, 2]. The network itself predicts the change of velocity divided by
-`dv_scale` (the standard deviation of that change in the training data), so its outputs are O(1);
-forward() adds it back to the velocity at t, and keeps static blocks and padding at velocity 0. The
+velocity at t+1, [B, N, 2], or with positions=True the positions and velocities at t+1, [B, N, 4]. The
+network itself predicts the change of velocity divided by `dv_scale` (the standard deviation of that
+change in the training data), so its outputs are O(1); forward() adds it back to the velocity at t, and
+keeps static blocks and padding still. A velocity model (the paper's) places each ball at
+x(t) + v(t+1) dt, which is wrong within a frame where it collides; a next-state model (dx_scale > 0)
+also predicts where that rule goes wrong, in units of dx_scale, and places the ball there. The
 NPEs work on all [B, N, N] pairs at once with a neighbourhood mask (no loops over balls, any N, and
 permuting the objects permutes the outputs), and encode only the pairs the mask keeps unless they run
 on a GPU (neighbourhood_sum).
@@ -26,10 +29,13 @@ MODELS = {}  # kind -> model class, filled in by each class that names a kind
 
 
 class Dynamics(nn.Module):
-    """What every model shares: the output scaling, and its registration by kind.
+    """What every model shares: the output scaling, the next positions, and its registration by kind.
 
     dv_scale: std of the velocity change per frame, in normalized velocity units.
     pos_step: normalized position change per frame for a normalized velocity of 1 (vel_scale * dt / pos_scale).
+    dx_scale: 0 for a velocity model; for a next-state model, the std of the position residual
+        x(t+1) - x(t) - pos_step v(t+1) in the training data (normalized position units), which the
+        network predicts in units of it.
     """
 
     kind = None  # the name a checkpoint and --model use
@@ -41,22 +47,35 @@ class Dynamics(nn.Module):
         if "kind" in cls.__dict__:
             MODELS[cls.kind] = cls
 
-    def __init__(self, dv_scale: float, pos_step: float):
+    def __init__(self, dv_scale: float, pos_step: float, dx_scale: float = 0.0):
         super().__init__()
-        self.dv_scale, self.pos_step = dv_scale, pos_step
+        self.dv_scale, self.pos_step, self.dx_scale = dv_scale, pos_step, dx_scale
+        self.outputs = 4 if dx_scale else 2  # what delta() returns per ball
 
     def accepts(self, num_objects):
         """Whether scenes of `num_objects` objects fit this model."""
         return True
 
-    def forward(self, frames):
-        """frames [B, 2, N, 5] -> normalized velocity at t+1 [B, N, 2]; 0 for blocks and padding."""
+    def forward(self, frames, positions=False):
+        """frames [B, 2, N, 5] -> normalized velocity at t+1 [B, N, 2]; 0 for blocks and padding. With
+        positions=True: [B, N, 4], the positions and velocities at t+1 (blocks and padding stay put)."""
         moving = is_ball(frames[:, 1])[..., None]  # [B, N, 1]
-        return (frames[:, 1, :, VEL] + self.dv_scale * self.delta(frames)) * moving
+        out = self.delta(frames)  # [B, N, outputs]
+        vel = (frames[:, 1, :, VEL] + self.dv_scale * out[..., :2]) * moving
+        if not positions:
+            return vel
+        residual = self.dx_scale * out[..., 2:] * moving if self.dx_scale else 0.0
+        return torch.cat([integrate(frames, vel, self.pos_step) + residual, vel], dim=-1)
 
     def delta(self, frames):
-        """frames [B, 2, N, 5] -> velocity change in units of dv_scale [B, N, 2]."""
+        """frames [B, 2, N, 5] -> [B, N, outputs]: the velocity change in units of dv_scale and, for a
+        next-state model, the position residual in units of dx_scale."""
         raise NotImplementedError
+
+
+def integrate(frames, vel, pos_step):
+    """The paper's position rule: frames [B, 2, N, 5], vel [B, N, 2] at t+1 -> x(t) + v(t+1) dt [B, N, 2]."""
+    return frames[:, 1, :, POS] + vel * pos_step
 
 
 class PairwiseNPE(Dynamics):
@@ -67,8 +86,8 @@ class PairwiseNPE(Dynamics):
 
     dense_pairs = None  # None: encode every pair on a GPU, only the kept ones elsewhere; True / False force it
 
-    def __init__(self, neighbourhood: float, dv_scale: float, pos_step: float):
-        super().__init__(dv_scale, pos_step)
+    def __init__(self, neighbourhood: float, dv_scale: float, pos_step: float, dx_scale: float = 0.0):
+        super().__init__(dv_scale, pos_step, dx_scale)
         self.neighbourhood = neighbourhood
 
     def features(self, frames):
@@ -126,12 +145,13 @@ class ClassicNPE(PairwiseNPE):
 
     kind, run_name = "classic", "npe_classic"
 
-    def __init__(self, neighbourhood, dv_scale, pos_step, object_dim=25, hidden=50, enc_layers=5, dec_layers=5):
-        super().__init__(neighbourhood, dv_scale, pos_step)
+    def __init__(self, neighbourhood, dv_scale, pos_step, dx_scale=0.0, object_dim=25, hidden=50, enc_layers=5,
+                 dec_layers=5):
+        super().__init__(neighbourhood, dv_scale, pos_step, dx_scale)
         self.focus_in = mlp([FEATURES, object_dim], True)
         self.context_in = mlp([FEATURES, object_dim], True)
         self.encoder = mlp([2 * object_dim] + [hidden] * enc_layers, True)
-        self.decoder = mlp([hidden + object_dim] + [hidden] * (dec_layers - 1) + [2], False)
+        self.decoder = mlp([hidden + object_dim] + [hidden] * (dec_layers - 1) + [self.outputs], False)
 
     def delta(self, frames):
         focus, context, mask = self.features(frames)
@@ -141,7 +161,7 @@ class ClassicNPE(PairwiseNPE):
             return self.encoder(torch.cat([f_pair, self.context_in(context_pair)], dim=-1))
 
         encoded = self.neighbourhood_sum(encode, f, context, mask)  # [B, N, 50]
-        return self.decoder(torch.cat([encoded, f], dim=-1))  # [B, N, 2]
+        return self.decoder(torch.cat([encoded, f], dim=-1))  # [B, N, outputs]
 
 
 class ResidualBlock(nn.Module):
@@ -168,16 +188,16 @@ class ModernNPE(PairwiseNPE):
              "expansion": (positive_int, "MLP hidden width = msg_dim x expansion"),
              "dropout": (fraction, "dropout inside residual blocks")}
 
-    def __init__(self, neighbourhood, dv_scale, pos_step, msg_dim=96, enc_blocks=3, dec_blocks=3,
+    def __init__(self, neighbourhood, dv_scale, pos_step, dx_scale=0.0, msg_dim=96, enc_blocks=3, dec_blocks=3,
                  expansion=2, dropout=0.0):
-        super().__init__(neighbourhood, dv_scale, pos_step)
+        super().__init__(neighbourhood, dv_scale, pos_step, dx_scale)
         self.focus_in = nn.Linear(FEATURES, msg_dim)
         self.context_in = nn.Linear(FEATURES, msg_dim)
         self.encoder = nn.Sequential(*[ResidualBlock(msg_dim, expansion, dropout) for _ in range(enc_blocks)],
                                      nn.LayerNorm(msg_dim))
         self.merge = nn.Linear(2 * msg_dim, msg_dim)
         self.decoder = nn.Sequential(*[ResidualBlock(msg_dim, expansion, dropout) for _ in range(dec_blocks)],
-                                     nn.LayerNorm(msg_dim), nn.Linear(msg_dim, 2))
+                                     nn.LayerNorm(msg_dim), nn.Linear(msg_dim, self.outputs))
 
     def delta(self, frames):
         focus, context, mask = self.features(frames)
@@ -187,7 +207,7 @@ class ModernNPE(PairwiseNPE):
             return self.encoder(f_pair + self.context_in(context_pair))  # a Linear of the concatenated pair
 
         encoded = self.neighbourhood_sum(encode, f, context, mask)  # [B, N, D]
-        return self.decoder(self.merge(torch.cat([encoded, f], dim=-1)))  # [B, N, 2]
+        return self.decoder(self.merge(torch.cat([encoded, f], dim=-1)))  # [B, N, outputs]
 
 
 class NoPairwise(Dynamics):
@@ -196,15 +216,15 @@ class NoPairwise(Dynamics):
 
     kind, run_name = "np", "np_baseline"
 
-    def __init__(self, dv_scale, pos_step, object_dim=25, hidden=50, dec_layers=5):
-        super().__init__(dv_scale, pos_step)
+    def __init__(self, dv_scale, pos_step, dx_scale=0.0, object_dim=25, hidden=50, dec_layers=5):
+        super().__init__(dv_scale, pos_step, dx_scale)
         self.focus_in = mlp([FEATURES, object_dim], True)
-        self.decoder = mlp([object_dim] + [hidden] * (dec_layers - 1) + [2], False)
+        self.decoder = mlp([object_dim] + [hidden] * (dec_layers - 1) + [self.outputs], False)
 
     def delta(self, frames):
         b, _, n, _ = frames.shape
         focus = frames.permute(0, 2, 1, 3).reshape(b, n, FEATURES)  # [B, N, 10]
-        return self.decoder(self.focus_in(focus))  # [B, N, 2]
+        return self.decoder(self.focus_in(focus))  # [B, N, outputs]
 
 
 class LSTMBaseline(Dynamics):
@@ -216,11 +236,11 @@ class LSTMBaseline(Dynamics):
     kind, run_name = "lstm", "lstm_baseline"
     flags = {"slots": (positive_int, "objects the LSTM takes (scenes are padded to this many)")}
 
-    def __init__(self, dv_scale, pos_step, slots=10, hidden=100, layers=2):
-        super().__init__(dv_scale, pos_step)
+    def __init__(self, dv_scale, pos_step, dx_scale=0.0, slots=10, hidden=100, layers=2):
+        super().__init__(dv_scale, pos_step, dx_scale)
         self.slots = slots
         self.lstm = nn.LSTM(slots * STATE_DIM, hidden, layers, batch_first=True)
-        self.head = nn.Linear(hidden, slots * 2)
+        self.head = nn.Linear(hidden, slots * self.outputs)
 
     def accepts(self, num_objects):
         return num_objects <= self.slots
@@ -232,7 +252,7 @@ class LSTMBaseline(Dynamics):
         pad = frames.new_zeros(b, t, self.slots - n, STATE_DIM)
         pad[..., MASS] = PAD_MASS
         out, _ = self.lstm(torch.cat([frames, pad], dim=2).reshape(b, t, self.slots * STATE_DIM))  # [B, 2, hidden]
-        return self.head(out[:, -1]).view(b, self.slots, 2)[:, :n]  # [B, N, 2]
+        return self.head(out[:, -1]).view(b, self.slots, self.outputs)[:, :n]  # [B, N, outputs]
 
 
 def size_defaults(kind):
@@ -246,41 +266,51 @@ def position_step(meta):
     return meta["state_scale"][2] * meta["dt"] / meta["state_scale"][0]
 
 
-def data_config(kind, meta, dv_scale):
+def data_config(kind, meta, dv_scale, dx_scale=0.0):
     """The constructor arguments of model `kind` that follow from the data: the neighbourhood radius
-    and the integration step from the dataset's metadata, dv_scale from its train split."""
+    and the integration step from the dataset's metadata, dv_scale (and dx_scale for a next-state model,
+    left out for a velocity model) from its train split."""
     derived = {"neighbourhood": NEIGHBOURHOOD_RADII * meta["world"]["radius"] / meta["state_scale"][0],
-               "dv_scale": dv_scale, "pos_step": position_step(meta)}
+               "dv_scale": dv_scale, "pos_step": position_step(meta), "dx_scale": dx_scale}
     parameters = inspect.signature(MODELS[kind]).parameters
-    return {name: value for name, value in derived.items() if name in parameters}
+    return {name: value for name, value in derived.items() if name in parameters and (value or name != "dx_scale")}
 
 
 def build_model(kind, config):
     return MODELS[kind](**config)
 
 
-def velocity_errors(model, frames, target, dv_scale=1.0):
-    """Each ball's squared error of the predicted velocity at t+1 (mean of x and y), in units of dv_scale.
+def step_errors(model, frames, target, dv_scale=1.0, dx_scale=0.0):
+    """Each ball's squared error of the predicted velocity at t+1 (mean of x and y) in units of dv_scale,
+    plus, where dx_scale > 0 (a next-state model's training and validation), that of its predicted
+    position in units of dx_scale.
 
-    frames [B, 2, N, 5], target [B, N, 2] -> errors [B, N] (0 for blocks and padding), balls [B, N].
-    The one definition of the loss: training, validation, the test MSE and mass inference reduce it.
+    frames [B, 2, N, 5], target [B, N, 5] (the state at t+1) -> errors [B, N] (0 for blocks and padding),
+    balls [B, N]. The one definition of the loss: training, validation, the test MSE and mass inference
+    reduce it.
     """
     balls = is_ball(frames[:, 1])
-    return (model(frames) - target).pow(2).mean(-1) * balls / dv_scale**2, balls
+    if not dx_scale:
+        return (model(frames) - target[..., VEL]).pow(2).mean(-1) * balls / dv_scale**2, balls
+    pred = model(frames, positions=True)  # [B, N, 4]
+    errors = ((pred[..., 2:] - target[..., VEL]).pow(2).mean(-1) / dv_scale**2
+              + (pred[..., :2] - target[..., POS]).pow(2).mean(-1) / dx_scale**2)
+    return errors * balls, balls
 
 
-def loss(model, frames, target, dv_scale):
-    """The training loss: velocity_errors averaged over the balls of the batch. Predicting "no change"
-    scores about 1 when dv_scale is the data's velocity-change std."""
-    errors, balls = velocity_errors(model, frames, target, dv_scale)
+def loss(model, frames, target, dv_scale, dx_scale=0.0):
+    """The training loss: step_errors averaged over the balls of the batch. Predicting "no change"
+    scores about 1 per term when dv_scale (dx_scale) is the data's std of that change."""
+    errors, balls = step_errors(model, frames, target, dv_scale, dx_scale)
     return errors.sum() / balls.sum()
 
 
 @torch.no_grad()
-def one_step_loss(model, windows, dv_scale=1.0, chunk=16384):
-    """The loss over all windows [W, 3, N, 5] (every ball weighs the same), computed in chunks."""
+def one_step_loss(model, windows, dv_scale=1.0, dx_scale=0.0, chunk=16384):
+    """The loss over all windows [W, 3, N, 5] (every ball weighs the same), computed in chunks; by default
+    the velocity MSE in normalized units, the same measure for every model."""
     total, balls = 0.0, 0
     for part in windows.split(chunk):
-        errors, moving = velocity_errors(model, part[:, :2], part[:, 2, :, VEL], dv_scale)
+        errors, moving = step_errors(model, part[:, :2], part[:, 2], dv_scale, dx_scale)
         total, balls = total + errors.sum().item(), balls + moving.sum().item()
     return total / balls

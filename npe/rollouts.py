@@ -4,7 +4,7 @@ import pandas as pd
 import torch
 
 from .config import MASS, POS, VEL, World, is_ball
-from .models import position_step
+from .models import integrate, position_step
 from .sim import next_velocities, simulate_from
 
 
@@ -12,54 +12,58 @@ from .sim import next_velocities, simulate_from
 def rollout(model, frames, steps):
     """frames [B, 2, N, 5] (normalized, t-1 and t) -> predicted states [B, steps, N, 5].
 
-    Velocities come from the model; positions are integrated as x(t+1) = x(t) + v(t+1) dt, which is
-    the simulator's own step in free flight but not within a frame where a collision happens (its
-    sub-steps move the ball before and after the bounce); mass is carried over, and blocks and padding,
-    whose velocity the model keeps at 0, stay where they are. `model` may also be a plain function of
-    frames, such as ConstantVelocity.
+    Positions and velocities come from the model: a velocity model places each ball at
+    x(t+1) = x(t) + v(t+1) dt, the simulator's own step in free flight but not within a frame where a
+    collision happens (its sub-steps move the ball before and after the bounce); a next-state model
+    predicts the position itself. Mass is carried over; blocks and padding stay where they are. `model`
+    may also be a velocity rule such as ConstantVelocity.
     """
-    pos_step = model.pos_step
     window, out = frames, []
     for _ in range(steps):
-        vel = model(window)  # [B, N, 2]
         last = window[:, 1]
-        pos = last[..., POS] + vel * pos_step
-        state = torch.cat([pos, vel, last[..., MASS:]], dim=-1)  # [B, N, 5]
+        state = torch.cat([model(window, positions=True), last[..., MASS:]], dim=-1)  # [B, N, 5]
         out.append(state)
         window = torch.stack([last, state], dim=1)
     return torch.stack(out, dim=1)
 
 
-class SimulatorOracle:
-    """The ceiling of this rollout protocol: at every step, the simulator's own next velocity from the
-    rolled-out state (one pymunk frame from its positions and velocities), integrated as a model's output
-    is. Within a frame where a collision happens the integration is not the simulator's, so even this
-    drifts from the truth; the recorded scene's velocities would score a meaningless 1."""
+class VelocityRule:
+    """A rule for the next velocity that rolls out as a velocity model does (see rollout)."""
+
+    pos_step = None
+
+    def __call__(self, frames, positions=False):
+        vel = self.velocity(frames)  # [B, N, 2]
+        return torch.cat([integrate(frames, vel, self.pos_step), vel], dim=-1) if positions else vel
+
+    def accepts(self, num_objects):
+        return True
+
+
+class SimulatorOracle(VelocityRule):
+    """The ceiling of the velocity protocol: at every step, the simulator's own next velocity from the
+    rolled-out state (one pymunk frame from its positions and velocities), integrated as a velocity
+    model's output is. Within a frame where a collision happens the integration is not the simulator's,
+    so even this drifts from the truth; the recorded scene's velocities would score a meaningless 1."""
 
     def __init__(self, meta):
         self.world, self.pos_step = World.from_dict(meta["world"]), position_step(meta)
         self.scale = torch.tensor(meta["state_scale"], dtype=torch.float64)
 
-    def __call__(self, frames):
+    def velocity(self, frames):
         raw = (frames[:, 1].double() * self.scale).numpy()  # [B, N, 5] px, px/s
         vel = np.stack([next_velocities(self.world, scene) for scene in raw])  # [B, N, 2] px/s
         return torch.as_tensor(vel / self.scale[VEL].numpy(), dtype=frames.dtype)
 
-    def accepts(self, num_objects):
-        return True
 
-
-class ConstantVelocity:
+class ConstantVelocity(VelocityRule):
     """The baseline: every ball keeps its last velocity."""
 
     def __init__(self, pos_step):
         self.pos_step = pos_step
 
-    def __call__(self, frames):
+    def velocity(self, frames):
         return frames[:, 1, :, VEL]
-
-    def accepts(self, num_objects):
-        return True
 
 
 def velocity_metrics(pred, truth):
@@ -122,6 +126,48 @@ def chaos_reference(meta, scenes, steps, position_px=0.0, velocity_px=0.0, seed=
     pred = np.stack([simulate_from(world, scene, steps) for scene in raw]) / scale  # [S, steps, N, 5]
     name = f"simulator, noise {position_px:g} px, {velocity_px:g} px/frame"
     return metric_rows(name, velocity_metrics(torch.as_tensor(pred, dtype=scenes.dtype), scenes[:, 2:2 + steps]))
+
+
+FRAME_KINDS = ("free flight", "wall bounce", "ball-ball collision")
+
+
+def frame_kinds(windows, meta):
+    """windows [W, 3, N, 5] -> [W, N]: what happens to each ball between t and t+1, as an index into
+    FRAME_KINDS; -1 for blocks and padding. A ball whose velocity changes by more than 0.01 px/frame
+    collided: with a ball if another ball's centre was within two radii plus their relative travel in
+    a frame (and 1 px) at t or t+1, else with a wall or block."""
+    world, scale = World.from_dict(meta["world"]), torch.tensor(meta["state_scale"])
+    px = windows[:, 1:].double() * scale.double()  # [W, 2, N, 5]: t and t+1, px and px/s
+    changed = (px[:, 1, :, VEL] - px[:, 0, :, VEL]).norm(dim=-1) * world.dt > 0.01  # [W, N]
+    apart = (px[:, :, None, :, POS] - px[:, :, :, None, POS]).norm(dim=-1)  # [W, 2, N, N]
+    closing = (px[:, :, None, :, VEL] - px[:, :, :, None, VEL]).norm(dim=-1) * world.dt
+    balls = is_ball(windows[:, 1])  # [W, N]
+    others = balls[:, None, :] & ~torch.eye(balls.shape[1], dtype=torch.bool)  # [W, N, N]
+    touching = ((apart <= 2 * world.radius + closing + 1.0).any(1) & others).any(-1)  # [W, N]
+    kinds = torch.where(changed, torch.where(touching, 2, 1), 0)
+    return torch.where(balls, kinds, -1)
+
+
+@torch.no_grad()
+def one_step_by_frame(models, windows, meta, chunk=16384):
+    """models {name: model}, windows [W, 3, N, 5] -> DataFrame: per model and FRAME_KINDS kind, the
+    balls' one-step velocity error (px/frame) and position error (px), mean and RMS. A velocity model's
+    position is x(t) + v(t+1) dt, the rule a rollout uses."""
+    scale = torch.tensor(meta["state_scale"])
+    vel_px = scale[VEL.start] * meta["dt"]  # px/frame per normalized velocity unit
+    kinds = frame_kinds(windows, meta).flatten()  # [W * N]
+    rows = []
+    for name, model in models.items():
+        pred = torch.cat([model(part[:, :2], positions=True) for part in windows.split(chunk)])  # [W, N, 4]
+        errors = {"velocity error px/frame": (pred[..., 2:] - windows[:, 2, :, VEL]).norm(dim=-1) * vel_px,
+                  "position error px": (pred[..., :2] - windows[:, 2, :, POS]).norm(dim=-1) * scale[0]}
+        for k, kind in enumerate(FRAME_KINDS):
+            picked = {what: e.flatten()[kinds == k].double() for what, e in errors.items()}
+            row = {"model": name, "frame": kind, "balls": int((kinds == k).sum())}
+            for what, e in picked.items():
+                row[f"{what} mean"], row[f"{what} RMS"] = e.mean().item(), e.pow(2).mean().sqrt().item()
+            rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def summary_text(table, steps):

@@ -18,12 +18,12 @@ from tqdm import tqdm
 
 from . import distributed
 from .checkpoint import load_checkpoint, save_checkpoint
-from .cli import (Interrupted, NPEError, Parser, add_threads_flag, fraction, nonnegative_float, positive_float,
-                  positive_int, random_seed, set_threads)
-from .config import VEL, is_ball
+from .cli import (Interrupted, NPEError, Parser, add_threads_flag, fraction, nonnegative_float, nonnegative_int,
+                  positive_float, positive_int, random_seed, set_threads)
+from .config import MASS, POS, VEL, is_ball
 from .data import load_meta, load_split
 from .files import save_text
-from .models import MODELS, build_model, data_config, loss, one_step_loss, size_defaults
+from .models import MODELS, build_model, data_config, loss, one_step_loss, position_step, size_defaults
 from .runs import claim_run, run_files, total_steps
 
 CSV_COLUMNS = ["step", "samples_seen", "train_loss", "val_loss", "lr", "elapsed_s"]
@@ -31,15 +31,15 @@ CSV_COLUMNS = ["step", "samples_seen", "train_loss", "val_loss", "lr", "elapsed_
 RECIPES = {
     "classic": dict(model="classic", batch_size=50, total_samples=60_000_000, eval_every=2000,
                     optimizer="rmsprop", lr=3e-4, weight_decay=0.0, schedule="constant", warmup_frac=0.0,
-                    max_grad_norm=0.0, noise_std=0.0),
+                    max_grad_norm=0.0, noise_std=0.0, pushforward=0),
     "modern": dict(model="modern", batch_size=2048, total_samples=200_000_000, eval_every=500,
                    optimizer="adamw", lr=1e-3, weight_decay=1e-4, schedule="cosine", warmup_frac=0.02,
-                   max_grad_norm=1.0, noise_std=0.0),
+                   max_grad_norm=1.0, noise_std=0.0, pushforward=0),
 }
 # Flags that shape a run, beside the model's sizes (its config) and the effective batch: --resume
 # refuses to continue a run with different ones.
-RESUME_FLAGS = ["model", "total_samples", "optimizer", "lr", "weight_decay", "schedule", "warmup_frac",
-                "max_grad_norm", "noise_std", "seed", "amp"]
+RESUME_FLAGS = ["model", "predict", "total_samples", "optimizer", "lr", "weight_decay", "schedule", "warmup_frac",
+                "max_grad_norm", "noise_std", "pushforward", "seed", "amp"]
 
 
 def train_parser(recipe, description):
@@ -48,6 +48,9 @@ def train_parser(recipe, description):
     p.add_argument("--dataset_prefix", required=True, help="prefix given to generate_dataset_4ball.py --out_prefix")
     p.add_argument("--model", choices=list(MODELS),
                    help="model to train (npe/models.py); np and lstm are the paper's baselines")
+    p.add_argument("--predict", choices=["velocity", "state"], default="velocity",
+                   help="velocity: the paper's model of the next velocity, positions integrated as x + v dt; "
+                        "state: also the next position, so a rollout places each ball where the model says")
     names = ", ".join(f"{cls.run_name} for {kind}" for kind, cls in MODELS.items())
     p.add_argument("--name", default=None, help=f"run name: checkpoint is CKPT_DIR/NAME.pt (default: {names})")
     p.add_argument("--ckpt_dir", type=Path, default=Path("checkpoints"), help="folder for the checkpoint")
@@ -72,7 +75,12 @@ def train_parser(recipe, description):
     p.add_argument("--warmup_frac", type=fraction, help="fraction of steps with a linear warmup")
     p.add_argument("--max_grad_norm", type=nonnegative_float, help="gradient clipping norm (0: off)")
     p.add_argument("--noise_std", type=nonnegative_float,
-                   help="std of Gaussian noise added to input positions and velocities (normalized units)")
+                   help="std of Gaussian noise added to the balls' input positions and velocities (normalized "
+                        "units); the target stays the true next state, so the model learns to correct it")
+    p.add_argument("--pushforward", type=nonnegative_int,
+                   help="train on inputs the model itself rolled out: each window's inputs come from up to this "
+                        "many of its own steps (drawn uniformly from 0 to it, no gradient through them) from an "
+                        "earlier window of the scene; 0: the true inputs")
     p.add_argument("--seed", type=random_seed, default=0, help="seed for initialization and batch order")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CUDA when present")
     add_threads_flag(p)
@@ -120,9 +128,18 @@ def velocity_change_std(windows):
     return (windows[:, 2, :, VEL] - windows[:, 1, :, VEL])[moving].std().item()
 
 
+def position_residual_std(windows, pos_step):
+    """Std of x(t+1) - x(t) - pos_step v(t+1) of the balls in a split [W, 3, N, 5], x and y pooled: how far
+    the integration rule is off, which is 0 but in frames where a ball collides."""
+    moving = is_ball(windows[:, 1])  # [W, N]
+    residual = windows[:, 2, :, POS] - windows[:, 1, :, POS] - pos_step * windows[:, 2, :, VEL]
+    return residual[moving].std().item()
+
+
 def new_config(args, meta, train_set):
     """A new model's config: what follows from the data, and its sizes from the flags."""
-    return {**data_config(args.model, meta, velocity_change_std(train_set)), **model_sizes(args)}
+    dx_scale = position_residual_std(train_set, position_step(meta)) if args.predict == "state" else 0.0
+    return {**data_config(args.model, meta, velocity_change_std(train_set), dx_scale), **model_sizes(args)}
 
 
 def lr_lambda(schedule, warmup_steps, total_steps):
@@ -349,7 +366,7 @@ def announce(run):
     verb = f"resuming at step {state.step:,} of" if args.resume else "training for"
     processes = f" x {distributed.world_size()} processes" if distributed.world_size() > 1 else ""
     threads = f" ({torch.get_num_threads()} CPU threads)" if run.device.type == "cpu" else ""
-    print(f"{args.model} model: {sum(p.numel() for p in run.model.parameters()):,} parameters, "
+    print(f"{args.model} model of the next {args.predict}: {sum(p.numel() for p in run.model.parameters()):,} parameters, "
           f"{len(run.train_set):,} train windows; {verb} {run.steps:,} steps of {args.batch_size}{processes} "
           f"on {run.device}{threads}")
 
@@ -361,14 +378,31 @@ def new_epoch(run):
 
 
 def next_batch(run):
-    """This process's share of the next effective batch, [B, 3, N, 5], in the epoch's order."""
+    """The indices [B] of this process's share of the next effective batch, in the epoch's order."""
     state = run.state
     if state.cursor + run.effective_batch > len(state.order):
         new_epoch(run)
         state.cursor = 0
     indices = state.order[state.cursor:state.cursor + run.effective_batch]
     state.cursor += run.effective_batch
-    return run.train_set[distributed.share(indices)]
+    return distributed.share(indices)
+
+
+@torch.no_grad()
+def pushed_forward(run, indices):
+    """The inputs [B, 2, N, 5] of windows `indices` [B] as the model itself would have rolled them out:
+    from the window k earlier in the same scene (k drawn per window from 0 to --pushforward, no further
+    back than the scene's first window), k steps of the model. Windows are stored scene by scene in time
+    order, so window i - k of a scene is k frames before window i."""
+    per_scene = run.meta["windows_per_scene"]
+    drawn = torch.randint(run.args.pushforward + 1, (run.effective_batch,), device=run.device, generator=run.noise)
+    back = torch.minimum(distributed.share(drawn), indices % per_scene)  # [B]
+    window = run.train_set[indices - back, :2]  # [B, 2, N, 5]
+    for k in range(int(back.max())):
+        state = torch.cat([run.model(window, positions=True), window[:, 1, :, MASS:]], dim=-1)  # [B, N, 5]
+        stepped = torch.stack([window[:, 1], state], dim=1)
+        window = torch.where((k < back)[:, None, None, None], stepped, window)
+    return window
 
 
 def add_noise(run, inputs):
@@ -380,12 +414,14 @@ def add_noise(run, inputs):
     return inputs + noise * is_ball(inputs)[..., None]  # blocks stay put, padding empty
 
 
-def train_step(run, batch):
-    """One optimizer step on this process's batch [B, 3, N, 5]."""
+def train_step(run, indices):
+    """One optimizer step on this process's batch, windows `indices` [B]."""
     args, state = run.args, run.state
-    inputs = add_noise(run, batch[:, :2]) if args.noise_std else batch[:, :2]
+    batch = run.train_set[indices]  # [B, 3, N, 5]
+    inputs = pushed_forward(run, indices) if args.pushforward else batch[:, :2]
+    inputs = add_noise(run, inputs) if args.noise_std else inputs
     with torch.autocast(run.device.type, torch.bfloat16, enabled=args.amp == "bf16"):
-        step_loss = loss(run.replicated, inputs, batch[:, 2, :, VEL], run.model.dv_scale)
+        step_loss = loss(run.replicated, inputs, batch[:, 2], run.model.dv_scale, run.model.dx_scale)
     run.optimizer.zero_grad(set_to_none=True)
     step_loss.backward()
     if args.max_grad_norm:
@@ -414,7 +450,8 @@ def validate(run):
     state, main = run.state, distributed.is_main()
     distributed.average_(state.running)
     run.model.eval()
-    val = distributed.weighted_mean(one_step_loss(run.model, run.val_part, run.model.dv_scale), len(run.val_part))
+    val = one_step_loss(run.model, run.val_part, run.model.dv_scale, run.model.dx_scale)
+    val = distributed.weighted_mean(val, len(run.val_part))
     run.model.train()
     since = state.step - (state.rows[-1]["step"] if state.rows else 0)
     state.rows.append({"step": state.step, "samples_seen": state.seen,

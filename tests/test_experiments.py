@@ -10,7 +10,7 @@ import torch
 
 from conftest import TINY_TRAINING, check
 from npe.checkpoint import load_model
-from npe.config import MASS, VEL, World, is_ball, state_scale
+from npe.config import MASS, World, is_ball, state_scale
 from npe.data import normalize, scenes_to_windows
 from npe.models import build_model, data_config, loss
 from npe.render import render_rollouts
@@ -39,11 +39,11 @@ def test_a_mixed_batch_scores_as_its_scenes_would_alone(scenes, model):
     balls = is_ball(windows[:, 1]).sum(1)
     assert len(set(objects.tolist())) == 4  # 3 or 5 balls, with or without the U's 6 blocks
     with torch.no_grad():
-        mixed = loss(model, windows[:, :2], windows[:, 2, :, VEL], model.dv_scale)
+        mixed = loss(model, windows[:, :2], windows[:, 2], model.dv_scale)
         alone = 0.0
         for n in set(objects.tolist()):  # each kind of scene without its padding, weighted by its balls
             group = windows[objects == n][:, :, :n]
-            alone += loss(model, group[:, :2], group[:, 2, :, VEL], model.dv_scale) * balls[objects == n].sum()
+            alone += loss(model, group[:, :2], group[:, 2], model.dv_scale) * balls[objects == n].sum()
     assert mixed.item() == pytest.approx(alone.item() / balls.sum().item(), rel=1e-5)
 
 
