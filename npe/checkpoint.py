@@ -65,8 +65,9 @@ def checkpoint_problem(ckpt):
     config, weights = ckpt.get("config"), ckpt["state_dict"]
     if not isinstance(config, dict):
         return f"config is a {type(config).__name__}, not a dict"
-    if bad := [k for k, v in config.items() if not finite_number(v)]:
-        return f"config field {shown(bad[0])} is {shown(config[bad[0]])}, not a finite number"
+    if bad := [k for k, v in config.items() if not (finite_number(v) or isinstance(v, list) and v
+                                                     and all(finite_number(x) for x in v))]:
+        return f"config field {shown(bad[0])} is {shown(config[bad[0]])}, not a finite number (or a list of them)"
     if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
         return "state_dict is not a dict of tensors"
     if bad := [k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()]:

@@ -91,24 +91,34 @@ class PairwiseNPE(Dynamics):
         self.neighbourhood = neighbourhood
 
     def features(self, frames):
-        """frames [B, 2, N, 5] -> focus [B, N, 10], context [B, N, N, 10], mask [B, N, N] (focus i, context j).
+        """frames [B, 2, N, 5] -> focus [B, N, F], context [B, N, N, F], mask [B, N, N] (focus i, context j);
+        F = 10 (two frames of a state) but in the paper-exact model.
 
         The focus is described absolutely (the walls are fixed in the box frame); a context object by
         its position relative to the focus, its velocity and its mass (0 for a block), so a pair looks
         the same anywhere. The mask keeps the other objects within the neighbourhood, padding never.
         """
         b, _, n, _ = frames.shape
-        states = frames.permute(0, 2, 1, 3)  # [B, N, 2, 5]
-        focus = states.reshape(b, n, FEATURES)
+        states = self.describe(frames).permute(0, 2, 1, 3)  # [B, N, 2, F / 2]
+        focus = states.reshape(b, n, -1)
         pos = states[..., POS]  # [B, N, 2, 2]
         rel = pos[:, None, :, :, :] - pos[:, :, None, :, :]  # [B, i, j, 2, 2]: pos_j - pos_i
-        other = states[:, None, :, :, VEL.start:].expand(b, n, n, 2, STATE_DIM - VEL.start)  # [B, i, j, 2, 3]
-        context = torch.cat([rel, other], dim=-1).reshape(b, n, n, FEATURES)
-        dist = rel[:, :, :, 1].norm(dim=-1)  # [B, N, N] at time t
+        other = states[:, None, :, :, VEL.start:].expand(b, n, n, 2, -1)  # [B, i, j, 2, F / 2 - 2]
+        context = torch.cat([rel, other], dim=-1).reshape(b, n, n, -1)
+        centres = self.mask_centres(frames)  # [B, N, 2]
+        dist = (centres[:, None, :] - centres[:, :, None]).norm(dim=-1)  # [B, i, j]
         eye = torch.eye(n, dtype=torch.bool, device=frames.device)
         present = frames[:, 1, None, :, MASS] != PAD_MASS  # [B, 1, N]
         mask = (dist < self.neighbourhood) & ~eye & present
         return focus, context, mask
+
+    def describe(self, frames):
+        """frames [B, 2, N, 5] -> what the network reads of each object in each frame [B, 2, N, F / 2]."""
+        return frames
+
+    def mask_centres(self, frames):
+        """frames [B, 2, N, 5] -> [B, N, 2]: where the neighbourhood is measured from, the positions at t."""
+        return frames[:, 1, :, POS]
 
     def neighbourhood_sum(self, encode, f, context, mask):
         """Each focus object's pair encodings summed over its neighbourhood: encode(f [..., D], context
@@ -141,27 +151,57 @@ def mlp(sizes, final_activation):
 
 class ClassicNPE(PairwiseNPE):
     """The paper's network: a 25-unit ReLU layer per object, a 5 x 50 ReLU pairwise encoder, the
-    encodings of the neighbourhood summed, and a 5-layer, 50-unit decoder that also sees the focus."""
+    encodings of the neighbourhood summed, and a 5-layer, 50-unit decoder that also sees the focus, as
+    its 25-unit encoding (PaperNPE: as its state).
+
+    features: input width per object over the two frames (PaperNPE's one-hot masses widen it).
+    """
 
     kind, run_name = "classic", "npe_classic"
+    raw_focus = False  # whether the decoder sees the focus object's state rather than its encoding
 
     def __init__(self, neighbourhood, dv_scale, pos_step, dx_scale=0.0, object_dim=25, hidden=50, enc_layers=5,
-                 dec_layers=5):
+                 dec_layers=5, features=FEATURES):
         super().__init__(neighbourhood, dv_scale, pos_step, dx_scale)
-        self.focus_in = mlp([FEATURES, object_dim], True)
-        self.context_in = mlp([FEATURES, object_dim], True)
+        self.focus_in = mlp([features, object_dim], True)
+        self.context_in = mlp([features, object_dim], True)
         self.encoder = mlp([2 * object_dim] + [hidden] * enc_layers, True)
-        self.decoder = mlp([hidden + object_dim] + [hidden] * (dec_layers - 1) + [self.outputs], False)
+        decoder_in = hidden + (features if self.raw_focus else object_dim)
+        self.decoder = mlp([decoder_in] + [hidden] * (dec_layers - 1) + [self.outputs], False)
 
     def delta(self, frames):
         focus, context, mask = self.features(frames)
         f = self.focus_in(focus)  # [B, N, 25]
 
-        def encode(f_pair, context_pair):  # [..., 25], [..., 10] -> [..., 50]
+        def encode(f_pair, context_pair):  # [..., 25], [..., F] -> [..., 50]
             return self.encoder(torch.cat([f_pair, self.context_in(context_pair)], dim=-1))
 
         encoded = self.neighbourhood_sum(encode, f, context, mask)  # [B, N, 50]
-        return self.decoder(torch.cat([encoded, f], dim=-1))  # [B, N, outputs]
+        return self.decoder(torch.cat([encoded, focus if self.raw_focus else f], dim=-1))  # [B, N, outputs]
+
+
+class PaperNPE(ClassicNPE):
+    """The classic NPE exactly as the paper and its authors' code have it, where ours deviates: the
+    decoder sees the focus object's raw state; the neighbourhood is measured between positions advanced
+    one frame at the current velocities, x(t) + v(t) dt; and mass is one-hot over the world's `masses`
+    (a block's mass 0 and padding match none)."""
+
+    kind, run_name = "paper", "npe_paper"
+    raw_focus = True
+
+    def __init__(self, neighbourhood, dv_scale, pos_step, masses, dx_scale=0.0, object_dim=25, hidden=50,
+                 enc_layers=5, dec_layers=5):
+        super().__init__(neighbourhood, dv_scale, pos_step, dx_scale, object_dim, hidden, enc_layers, dec_layers,
+                         features=2 * (MASS + len(masses)))
+        self.masses = list(masses)
+
+    def describe(self, frames):
+        masses = torch.tensor(self.masses, dtype=frames.dtype, device=frames.device)
+        one_hot = (frames[..., MASS, None] == masses).to(frames.dtype)  # [B, 2, N, M]
+        return torch.cat([frames[..., :MASS], one_hot], dim=-1)
+
+    def mask_centres(self, frames):
+        return frames[:, 1, :, POS] + frames[:, 1, :, VEL] * self.pos_step
 
 
 class ResidualBlock(nn.Module):
@@ -267,11 +307,12 @@ def position_step(meta):
 
 
 def data_config(kind, meta, dv_scale, dx_scale=0.0):
-    """The constructor arguments of model `kind` that follow from the data: the neighbourhood radius
-    and the integration step from the dataset's metadata, dv_scale (and dx_scale for a next-state model,
-    left out for a velocity model) from its train split."""
+    """The constructor arguments of model `kind` that follow from the data: the neighbourhood radius, the
+    integration step and the masses from the dataset's metadata, dv_scale (and dx_scale for a next-state
+    model, left out for a velocity model) from its train split."""
     derived = {"neighbourhood": NEIGHBOURHOOD_RADII * meta["world"]["radius"] / meta["state_scale"][0],
-               "dv_scale": dv_scale, "pos_step": position_step(meta), "dx_scale": dx_scale}
+               "dv_scale": dv_scale, "pos_step": position_step(meta), "dx_scale": dx_scale,
+               "masses": list(meta["world"]["masses"])}
     parameters = inspect.signature(MODELS[kind]).parameters
     return {name: value for name, value in derived.items() if name in parameters and (value or name != "dx_scale")}
 

@@ -20,11 +20,15 @@ def rollout(model, frames, steps):
     """
     window, out = frames, []
     for _ in range(steps):
-        last = window[:, 1]
-        state = torch.cat([model(window, positions=True), last[..., MASS:]], dim=-1)  # [B, N, 5]
-        out.append(state)
-        window = torch.stack([last, state], dim=1)
+        window = step(model, window)
+        out.append(window[:, 1])
     return torch.stack(out, dim=1)
+
+
+def step(model, window):
+    """One rollout step: window [B, 2, N, 5] (t-1, t) -> [B, 2, N, 5] (t, predicted t+1)."""
+    state = torch.cat([model(window, positions=True), window[:, 1, :, MASS:]], dim=-1)  # [B, N, 5]
+    return torch.stack([window[:, 1], state], dim=1)
 
 
 class VelocityRule:

@@ -16,11 +16,11 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from . import distributed
+from . import distributed, rollouts
 from .checkpoint import load_checkpoint, save_checkpoint
 from .cli import (Interrupted, NPEError, Parser, add_threads_flag, fraction, nonnegative_float, nonnegative_int,
                   positive_float, positive_int, random_seed, set_threads)
-from .config import MASS, POS, VEL, is_ball
+from .config import POS, VEL, is_ball
 from .data import load_meta, load_split
 from .files import save_text
 from .models import MODELS, build_model, data_config, loss, one_step_loss, position_step, size_defaults
@@ -388,20 +388,23 @@ def next_batch(run):
     return distributed.share(indices)
 
 
-@torch.no_grad()
 def pushed_forward(run, indices):
-    """The inputs [B, 2, N, 5] of windows `indices` [B] as the model itself would have rolled them out:
-    from the window k earlier in the same scene (k drawn per window from 0 to --pushforward, no further
-    back than the scene's first window), k steps of the model. Windows are stored scene by scene in time
-    order, so window i - k of a scene is k frames before window i."""
-    per_scene = run.meta["windows_per_scene"]
+    """The inputs [B, 2, N, 5] of windows `indices` [B] as the model itself rolls them out from the window
+    k earlier in the same scene, k drawn per window from 0 to --pushforward (no further back than the
+    scene's first window)."""
     drawn = torch.randint(run.args.pushforward + 1, (run.effective_batch,), device=run.device, generator=run.noise)
-    back = torch.minimum(distributed.share(drawn), indices % per_scene)  # [B]
-    window = run.train_set[indices - back, :2]  # [B, 2, N, 5]
+    back = torch.minimum(distributed.share(drawn), indices % run.meta["windows_per_scene"])  # [B]
+    return rolled_inputs(run.model, run.train_set, indices, back)
+
+
+@torch.no_grad()
+def rolled_inputs(model, windows, indices, back):
+    """The inputs [B, 2, N, 5] of windows `indices` [B] of a split [W, 3, N, 5] after `back` [B] steps of
+    `model` (no gradient) from the inputs of windows indices - back. Windows are stored scene by scene in
+    time order, so window i - k of a scene is k frames before window i."""
+    window = windows[indices - back, :2]  # [B, 2, N, 5]
     for k in range(int(back.max())):
-        state = torch.cat([run.model(window, positions=True), window[:, 1, :, MASS:]], dim=-1)  # [B, N, 5]
-        stepped = torch.stack([window[:, 1], state], dim=1)
-        window = torch.where((k < back)[:, None, None, None], stepped, window)
+        window = torch.where((k < back)[:, None, None, None], rollouts.step(model, window), window)
     return window
 
 

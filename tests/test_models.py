@@ -154,3 +154,38 @@ def test_the_lstm_baseline_refuses_more_objects_than_its_slots():
     model = make("lstm")
     with pytest.raises(Exception, match="at most 10 objects"):
         model(random_frames(1, 11, torch.Generator().manual_seed(3)))
+
+
+def make_next_state(kind):
+    torch.manual_seed(0)
+    return build_model(kind, data_config(kind, META, dv_scale=1.0, dx_scale=0.01)).double().eval()
+
+
+@pytest.mark.parametrize("kind", MODELS)
+def test_a_velocity_model_places_balls_by_the_integration_rule(kind):
+    model = make(kind)
+    frames = random_frames(3, 4, torch.Generator().manual_seed(5))
+    state = model(frames, positions=True)  # [B, N, 4]
+    vel = model(frames)
+    torch.testing.assert_close(state[..., 2:], vel, rtol=0, atol=0)
+    torch.testing.assert_close(state[..., :2], frames[:, 1, :, :2] + vel * model.pos_step, rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("kind", MODELS)
+def test_a_next_state_model_predicts_positions_off_the_integration_rule(kind):
+    model = make_next_state(kind)
+    assert "dx_scale" in data_config(kind, META, 1.0, 0.01) and "dx_scale" not in data_config(kind, META, 1.0)
+    frames = random_frames(3, 4, torch.Generator().manual_seed(5))
+    state = model(frames, positions=True)
+    assert state.shape == (3, 4, 4)
+    torch.testing.assert_close(state[..., 2:], model(frames), rtol=0, atol=0)
+    residual = state[..., :2] - (frames[:, 1, :, :2] + state[..., 2:] * model.pos_step)
+    assert residual.abs().min() > 0  # an untrained head's residual is nowhere exactly 0
+
+
+@pytest.mark.parametrize("kind", NPES)
+def test_a_next_state_model_keeps_padding_in_place(kind):
+    model = make_next_state(kind)
+    frames = with_padding(random_frames(2, 3, torch.Generator().manual_seed(6)), 2)
+    state = model(frames, positions=True)
+    torch.testing.assert_close(state[:, 3:], frames[:, 1, 3:, :4], rtol=0, atol=0)

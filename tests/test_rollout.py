@@ -3,10 +3,10 @@ import pytest
 import torch
 
 from npe.config import MASS, POS, VEL, World, state_scale
-from npe.data import simulate
+from npe.data import scenes_to_windows, simulate
 from npe.models import build_model, data_config
-from npe.rollouts import (ConstantVelocity, SimulatorOracle, bootstrap_interval, chaos_reference, rollout,
-                          velocity_metrics)
+from npe.rollouts import (FRAME_KINDS, ConstantVelocity, SimulatorOracle, bootstrap_interval, chaos_reference,
+                          frame_kinds, one_step_by_frame, rollout, velocity_metrics)
 
 WORLD = World()
 META = {"state_scale": state_scale(), "world": WORLD.to_dict(), "dt": WORLD.dt, "seed": 0}
@@ -140,3 +140,43 @@ def test_chaos_reference_without_noise_is_the_truth_and_with_noise_drifts_from_i
     noisy = chaos_reference(META, scenes[:10], 20, velocity_px=1.0)
     assert (exact.cosine_similarity > 0.9999).all() and (exact.relative_magnitude_error < 1e-4).all()
     assert noisy.cosine_similarity.iloc[-1] < 0.999 and noisy.model.iloc[0] != exact.model.iloc[0]
+
+
+def test_a_next_state_model_rolls_out_to_its_own_positions(scenes):
+    torch.manual_seed(1)
+    model = build_model("classic", data_config("classic", META, dv_scale=0.05, dx_scale=0.01)).eval()
+    frames = start_frames(scenes)
+    out = rollout(model, frames, steps=2)
+    with torch.no_grad():
+        first = model(frames, positions=True)
+        second = model(torch.stack([frames[:, 1], out[:, 0]], dim=1), positions=True)
+    torch.testing.assert_close(out[:, 0, :, :4], first, rtol=0, atol=0)
+    torch.testing.assert_close(out[:, 1, :, :4], second, rtol=0, atol=0)
+    integrated = frames[:, 1, :, POS] + first[..., 2:] * POS_STEP
+    assert (out[:, 0, :, POS] - integrated).abs().max() > 1e-4  # not the velocity protocol's position
+
+
+def test_frame_kinds_tell_free_flight_walls_and_ball_collisions_apart():
+    world = World()
+    meta = {**META, "dt": world.dt}
+    px = torch.zeros(1, 3, 4, 5, dtype=torch.float64)  # one window, t-1, t, t+1
+    px[..., MASS] = 1.0
+    px[:, :, 0, POS] = torch.tensor([400.0, 300.0])  # in free flight in the middle (the step is too small to see)
+    px[:, :, 0, 2] = 30.0
+    px[:, 1:, 1, POS] = torch.tensor([[65.0, 500.0], [66.0, 500.0]])  # at the left wall, bouncing
+    px[:, 1, 1, 2], px[:, 2, 1, 2] = -60.0, 60.0
+    px[:, 1:, 2, POS] = torch.tensor([[150.0, 100.0], [148.0, 100.0]])  # two balls 120 px apart, bouncing
+    px[:, 1:, 3, POS] = torch.tensor([[270.0, 100.0], [272.0, 100.0]])
+    px[:, 1, 2, 2], px[:, 2, 2, 2], px[:, 1, 3, 2], px[:, 2, 3, 2] = 60.0, -60.0, -60.0, 60.0
+    kinds = frame_kinds((px / torch.tensor(state_scale(), dtype=torch.float64)).float(), meta)
+    assert kinds.tolist() == [[0, 1, 2, 2]]
+    assert FRAME_KINDS[2] == "ball-ball collision"
+
+
+def test_one_step_by_frame_scores_the_simulator_oracle_near_zero_in_free_flight(scenes):
+    windows = scenes_to_windows(scenes[:10])
+    table = one_step_by_frame({"oracle": SimulatorOracle(META)}, windows, META).set_index("frame")
+    assert table.loc["free flight", "velocity error px/frame RMS"] < 1e-3
+    assert table.loc["free flight", "position error px RMS"] < 1e-2
+    assert table.loc["ball-ball collision", "balls"] > 0
+    assert table.loc["ball-ball collision", "position error px RMS"] > 1.0  # the integration rule's own error

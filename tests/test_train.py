@@ -9,7 +9,10 @@ import torch
 
 import npe.train
 from npe import load_model
-from npe.train import CSV_COLUMNS, train, train_parser
+from npe.data import load_meta, load_split
+from npe.models import build_model, data_config, position_step
+from npe.rollouts import rollout
+from npe.train import CSV_COLUMNS, position_residual_std, rolled_inputs, train, train_parser
 
 MODERN = ["--lr", "3e-3", "--msg_dim", "32", "--enc_blocks", "1", "--dec_blocks", "1", "--dropout", "0.3",
           "--warmup_frac", "0.1", "--max_grad_norm", "0"]
@@ -17,6 +20,8 @@ RUNS = {  # name: (kind, flags on top of the script's defaults); 300 steps of 32
     "classic": ("classic", []),  # the paper's recipe: RMSprop, lr 3e-4, constant
     "modern": ("modern", MODERN),
     "modern under bf16 autocast": ("modern", MODERN + ["--amp", "bf16"]),
+    "classic next state, pushed forward, noisy": ("classic", ["--predict", "state", "--pushforward", "2",
+                                                              "--noise_std", "1e-3"]),
 }
 BATCH, STEPS, EVAL_EVERY = 32, 300, 5
 SLOW_RUNS = {"modern under bf16 autocast"}  # bf16 autocast on a CPU: the slowest of the three
@@ -48,7 +53,7 @@ def run(request, dataset, tmp_path_factory):
     with open(out / "metrics.csv", newline="") as f:
         reader = csv.DictReader(f)
         header, rows = reader.fieldnames, list(reader)
-    return SimpleNamespace(kind=kind, ckpt=ckpt, header=header, rows=rows, probe=probe, outputs=outputs[-1],
+    return SimpleNamespace(name=request.param, kind=kind, ckpt=ckpt, header=header, rows=rows, probe=probe, outputs=outputs[-1],
                            meta=json.loads(dataset.with_name(dataset.name + "_meta.json").read_text()))
 
 
@@ -88,3 +93,30 @@ def test_load_model_returns_a_model_in_eval_mode(run):
 def test_load_model_reproduces_the_trained_models_outputs(run):
     with torch.no_grad():
         torch.testing.assert_close(load_model(run.ckpt)(run.probe), run.outputs, rtol=0, atol=0)
+
+
+def test_a_next_state_run_saves_the_position_residuals_scale(run, dataset):
+    config = torch.load(run.ckpt, weights_only=True)["config"]
+    if "--predict" not in RUNS[run.name][1]:
+        assert "dx_scale" not in config
+        return
+    meta = load_meta(dataset)
+    expected = position_residual_std(load_split(dataset, "train", meta), position_step(meta))
+    assert config["dx_scale"] == pytest.approx(expected) and expected > 0
+
+
+def test_pushforward_inputs_are_the_models_own_rollout_from_an_earlier_window(dataset):
+    meta = load_meta(dataset)
+    windows = load_split(dataset, "train", meta)
+    torch.manual_seed(0)
+    model = build_model("classic", data_config("classic", meta, 0.1, 0.01)).eval()
+    per_scene = meta["windows_per_scene"]
+    indices = torch.tensor([per_scene + 5, per_scene + 5, per_scene + 1, per_scene])  # scene 1
+    back = torch.tensor([2, 0, 1, 0])
+    inputs = rolled_inputs(model, windows, indices, back)
+    torch.testing.assert_close(inputs[1], windows[per_scene + 5, :2], rtol=0, atol=0)  # 0 steps: the truth
+    torch.testing.assert_close(inputs[3], windows[per_scene, :2], rtol=0, atol=0)
+    two = rollout(model, windows[per_scene + 3, :2][None], 2)[0]  # [2, N, 5]: frames 5 and 6 of window 5's inputs
+    torch.testing.assert_close(inputs[0], two, rtol=0, atol=1e-6)
+    one = rollout(model, windows[per_scene, :2][None], 1)[0, 0]
+    torch.testing.assert_close(inputs[2], torch.stack([windows[per_scene, 1], one]), rtol=0, atol=1e-6)
