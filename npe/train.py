@@ -139,7 +139,11 @@ def position_residual_std(windows, pos_step):
 def new_config(args, meta, train_set):
     """A new model's config: what follows from the data, and its sizes from the flags."""
     dx_scale = position_residual_std(train_set, position_step(meta)) if args.predict == "state" else 0.0
-    return {**data_config(args.model, meta, velocity_change_std(train_set), dx_scale), **model_sizes(args)}
+    config = data_config(args.model, meta, velocity_change_std(train_set), dx_scale)
+    if dx_scale and "dx_scale" not in config:
+        raise NPEError(f"the {args.model} model predicts velocities only (its constructor takes no dx_scale); "
+                       f"train it without --predict state")
+    return {**config, **model_sizes(args)}
 
 
 def lr_lambda(schedule, warmup_steps, total_steps):

@@ -72,3 +72,10 @@ def test_a_new_kinds_checkpoint_rolls_out_renders_compares_and_infers_masses(tra
     assert set(guesses.tolist()) <= {1.0, 2.0}
     render_rollouts({"truth": scenes[0], "drift": torch.cat([scenes[0, :2], states[0]])}, meta, tmp_path / "v.mp4")
     assert (tmp_path / "v.mp4").stat().st_size > 0
+
+
+def test_a_kind_without_a_position_output_refuses_to_predict_states(new_kind, dataset, tmp_path):
+    args = train_parser("classic", "test").parse_args(flags(dataset, tmp_path, "--model", "drift_test",
+                                                            "--predict", "state"))
+    with pytest.raises(NPEError, match="predicts velocities only"):
+        train(args)
