@@ -135,21 +135,25 @@ def chaos_reference(meta, scenes, steps, position_px=0.0, velocity_px=0.0, seed=
 FRAME_KINDS = ("free flight", "wall bounce", "ball-ball collision")
 
 
-def frame_kinds(windows, meta):
+def frame_kinds(windows, meta, chunk=65536):
     """windows [W, 3, N, 5] -> [W, N]: what happens to each ball between t and t+1, as an index into
     FRAME_KINDS; -1 for blocks and padding. A ball whose velocity changes by more than 0.01 px/frame
     collided: with a ball if another ball's centre was within two radii plus their relative travel in
     a frame (and 1 px) at t or t+1, else with a wall or block."""
-    world, scale = World.from_dict(meta["world"]), torch.tensor(meta["state_scale"])
-    px = windows[:, 1:].double() * scale.double()  # [W, 2, N, 5]: t and t+1, px and px/s
-    changed = (px[:, 1, :, VEL] - px[:, 0, :, VEL]).norm(dim=-1) * world.dt > 0.01  # [W, N]
-    apart = (px[:, :, None, :, POS] - px[:, :, :, None, POS]).norm(dim=-1)  # [W, 2, N, N]
-    closing = (px[:, :, None, :, VEL] - px[:, :, :, None, VEL]).norm(dim=-1) * world.dt
-    balls = is_ball(windows[:, 1])  # [W, N]
-    others = balls[:, None, :] & ~torch.eye(balls.shape[1], dtype=torch.bool)  # [W, N, N]
-    touching = ((apart <= 2 * world.radius + closing + 1.0).any(1) & others).any(-1)  # [W, N]
-    kinds = torch.where(changed, torch.where(touching, 2, 1), 0)
-    return torch.where(balls, kinds, -1)
+    world = World.from_dict(meta["world"])
+    scale = torch.tensor(meta["state_scale"], dtype=torch.float64, device=windows.device)
+    eye = torch.eye(windows.shape[2], dtype=torch.bool, device=windows.device)
+    kinds = []
+    for part in windows.split(chunk):
+        px = part[:, 1:].double() * scale  # [W, 2, N, 5]: t and t+1, px and px/s
+        changed = (px[:, 1, :, VEL] - px[:, 0, :, VEL]).norm(dim=-1) * world.dt > 0.01  # [W, N]
+        apart = (px[:, :, None, :, POS] - px[:, :, :, None, POS]).norm(dim=-1)  # [W, 2, N, N]
+        closing = (px[:, :, None, :, VEL] - px[:, :, :, None, VEL]).norm(dim=-1) * world.dt
+        balls = is_ball(part[:, 1])  # [W, N]
+        others = balls[:, None, :] & ~eye  # [W, N, N]
+        touching = ((apart <= 2 * world.radius + closing + 1.0).any(1) & others).any(-1)  # [W, N]
+        kinds.append(torch.where(balls, torch.where(changed, torch.where(touching, 2, 1), 0), -1))
+    return torch.cat(kinds)
 
 
 @torch.no_grad()
