@@ -15,7 +15,8 @@ from npe.data import load_meta, load_split, simulate
 from npe.files import save_text
 from npe.models import one_step_loss
 from npe.plots import plot_rollout_metrics
-from npe.rollouts import ConstantVelocity, SimulatorOracle, chaos_reference, compare, results_markdown, summary_text
+from npe.rollouts import (ConstantVelocity, SimulatorOracle, chaos_reference, compare, frames_markdown,
+                          one_step_by_frame, results_markdown, summary_text)
 
 TABLE_STEPS = (1, 5, 10, 25, 50)  # printed
 RESULT_STEPS = (10, 25, 50)  # in the Markdown results table, with intervals
@@ -36,8 +37,9 @@ def main():
     p.add_argument("--chaos_px_per_frame", type=nonnegative_float, default=None,
                    help="as --chaos_px, with noise of this std in px per frame on the balls' velocities")
     p.add_argument("--test_prefix", default=None,
-                   help="dataset prefix: also measure one-step MSE on its test split and write the results "
-                        "table as Markdown beside the figure (needs --rollout_steps 50 or more)")
+                   help="dataset prefix: also measure one-step MSE on its test split, and one-step errors by "
+                        "frame kind (free flight, wall, ball-ball), and write the results tables as Markdown beside "
+                        "the figure (needs --rollout_steps 50 or more)")
     add_threads_flag(p)
     args = p.parse_args()
     print(f"{set_threads(args.threads)} CPU threads")
@@ -65,7 +67,13 @@ def main():
     if args.test_prefix:
         mse = {name: one_step_loss(model, test) for name, model in named.items() if name != "simulator_oracle"}
         save_text(results_markdown(table, RESULT_STEPS, mse), args.out_png.with_suffix(".md"))
-        print(f"wrote {args.out_png.with_suffix('.md')}")
+        frames = one_step_by_frame({name: m for name, m in named.items() if name != "simulator_oracle"}, test, meta)
+        frames_path = args.out_png.with_name(f"{args.out_png.stem}_frames.csv")
+        save_text(frames.to_csv(index=False), frames_path)
+        save_text(frames_markdown(frames), frames_path.with_suffix(".md"))
+        print(f"One-step errors on the test windows of {args.test_prefix}, by what happens in the frame:\n"
+              f"{frames_markdown(frames)}wrote {args.out_png.with_suffix('.md')}, {frames_path} and "
+              f"{frames_path.with_suffix('.md')}")
     plot_rollout_metrics(table, args.out_png, f"{shown}\n{describe_models(models)}")
     print(f"Rollouts of {describe_models(models)}, the simulator oracle and constant velocity, on {shown}:")
     print(summary_text(table, TABLE_STEPS))

@@ -178,6 +178,21 @@ def one_step_by_frame(models, windows, meta, chunk=16384):
     return pd.DataFrame(rows)
 
 
+def frames_markdown(table):
+    """one_step_by_frame() rows -> a Markdown table: per model, the RMS one-step velocity and position
+    error in each kind of frame, each kind's share of the balls in its column."""
+    kinds = list(dict.fromkeys(table.frame))
+    counts = table.groupby("frame", sort=False).balls.first()
+    columns = {"velocity error px/frame RMS": "velocity px/frame", "position error px RMS": "position px"}
+    head = ["model"] + [f"{short}, {kind} ({counts[kind] / counts.sum():.1%})"
+                        for short in columns.values() for kind in kinds]
+    lines = []
+    for name, rows in table.groupby("model", sort=False):
+        at = rows.set_index("frame")
+        lines.append([name.replace("_", " ")] + [f"{at.loc[kind, column]:.2f}" for column in columns for kind in kinds])
+    return markdown_table(head, lines)
+
+
 def summary_text(table, steps):
     """compare() rows -> a plain-text table per metric: a row per model, a column per step in `steps`."""
     at = table[table.step.isin(steps)]

@@ -70,6 +70,12 @@ def test_compare_script_with_test_prefix_writes_the_results_table(script, checkp
     assert [r.split("|")[1].strip() for r in rows] == ["model", "classic", "modern", "simulator oracle",
                                                       "constant velocity"]
     assert all(len(r.split("|")) == len(rows[0].split("|")) for r in rows)
+    frames = list(csv.DictReader((tmp_path / "results_frames.csv").open()))
+    assert {r["model"] for r in frames} == {"classic", "modern", "constant_velocity"}
+    assert {r["frame"] for r in frames} == {"free flight", "wall bounce", "ball-ball collision"}
+    still = [r for r in frames if r["model"] == "constant_velocity" and r["frame"] == "free flight"]
+    assert float(still[0]["velocity error px/frame RMS"]) < 0.01  # constant velocity is exact in free flight
+    assert "| constant velocity |" in (tmp_path / "results_frames.md").read_text()
 
 
 @pytest.mark.slow
