@@ -21,7 +21,7 @@ import inspect
 import torch
 from torch import nn
 
-from .cli import NPEError, fraction, positive_int, switch
+from .cli import NPEError, fraction, positive_int
 from .config import MASS, NEIGHBOURHOOD_RADII, PAD_MASS, POS, STATE_DIM, VEL, is_ball
 
 FEATURES = 2 * STATE_DIM  # one ball over the two input frames
@@ -82,21 +82,17 @@ class PairwiseNPE(Dynamics):
     """Shared input features, neighbourhood mask and pair sum of the two NPEs.
 
     neighbourhood: mask radius in normalized position units (3.5 ball radii).
-    distances: 1 to describe a context object also by its centre's distance from the focus's at t-1 and
-        t: whether two balls touch is a threshold on it, which ReLU layers only approximate from x and y.
     """
 
     dense_pairs = None  # None: encode every pair on a GPU, only the kept ones elsewhere; True / False force it
-    flags = {"distances": (switch, "1: a context object's input also holds its distance from the focus")}
 
-    def __init__(self, neighbourhood: float, dv_scale: float, pos_step: float, dx_scale: float = 0.0,
-                 distances: int = 0):
+    def __init__(self, neighbourhood: float, dv_scale: float, pos_step: float, dx_scale: float = 0.0):
         super().__init__(dv_scale, pos_step, dx_scale)
-        self.neighbourhood, self.distances = neighbourhood, distances
+        self.neighbourhood = neighbourhood
 
     def features(self, frames):
-        """frames [B, 2, N, 5] -> focus [B, N, F], context [B, N, N, F (+ 2 with distances)], mask [B, N, N]
-        (focus i, context j); F = 10 (two frames of a state) but in the paper-exact model.
+        """frames [B, 2, N, 5] -> focus [B, N, F], context [B, N, N, F], mask [B, N, N] (focus i, context j);
+        F = 10 (two frames of a state) but in the paper-exact model.
 
         The focus is described absolutely (the walls are fixed in the box frame); a context object by
         its position relative to the focus, its velocity and its mass (0 for a block), so a pair looks
@@ -109,8 +105,6 @@ class PairwiseNPE(Dynamics):
         rel = pos[:, None, :, :, :] - pos[:, :, None, :, :]  # [B, i, j, 2, 2]: pos_j - pos_i
         other = states[:, None, :, :, VEL.start:].expand(b, n, n, 2, -1)  # [B, i, j, 2, F / 2 - 2]
         context = torch.cat([rel, other], dim=-1).reshape(b, n, n, -1)
-        if self.distances:
-            context = torch.cat([context, rel.norm(dim=-1)], dim=-1)  # [B, i, j, F + 2]
         centres = self.mask_centres(frames)  # [B, N, 2]
         dist = (centres[:, None, :] - centres[:, :, None]).norm(dim=-1)  # [B, i, j]
         eye = torch.eye(n, dtype=torch.bool, device=frames.device)
@@ -166,11 +160,11 @@ class ClassicNPE(PairwiseNPE):
     kind, run_name = "classic", "npe_classic"
     raw_focus = False  # whether the decoder sees the focus object's state rather than its encoding
 
-    def __init__(self, neighbourhood, dv_scale, pos_step, dx_scale=0.0, distances=0, object_dim=25, hidden=50,
-                 enc_layers=5, dec_layers=5, features=FEATURES):
-        super().__init__(neighbourhood, dv_scale, pos_step, dx_scale, distances)
+    def __init__(self, neighbourhood, dv_scale, pos_step, dx_scale=0.0, object_dim=25, hidden=50, enc_layers=5,
+                 dec_layers=5, features=FEATURES):
+        super().__init__(neighbourhood, dv_scale, pos_step, dx_scale)
         self.focus_in = mlp([features, object_dim], True)
-        self.context_in = mlp([features + 2 * distances, object_dim], True)
+        self.context_in = mlp([features, object_dim], True)
         self.encoder = mlp([2 * object_dim] + [hidden] * enc_layers, True)
         decoder_in = hidden + (features if self.raw_focus else object_dim)
         self.decoder = mlp([decoder_in] + [hidden] * (dec_layers - 1) + [self.outputs], False)
@@ -195,10 +189,10 @@ class PaperNPE(ClassicNPE):
     kind, run_name = "paper", "npe_paper"
     raw_focus = True
 
-    def __init__(self, neighbourhood, dv_scale, pos_step, masses, dx_scale=0.0, distances=0, object_dim=25,
-                 hidden=50, enc_layers=5, dec_layers=5):
-        super().__init__(neighbourhood, dv_scale, pos_step, dx_scale, distances, object_dim, hidden, enc_layers,
-                         dec_layers, features=2 * (MASS + len(masses)))
+    def __init__(self, neighbourhood, dv_scale, pos_step, masses, dx_scale=0.0, object_dim=25, hidden=50,
+                 enc_layers=5, dec_layers=5):
+        super().__init__(neighbourhood, dv_scale, pos_step, dx_scale, object_dim, hidden, enc_layers, dec_layers,
+                         features=2 * (MASS + len(masses)))
         self.masses = list(masses)
 
     def describe(self, frames):
@@ -228,17 +222,17 @@ class ModernNPE(PairwiseNPE):
     """The same encode, sum, decode structure from pre-norm residual MLP blocks."""
 
     kind, run_name = "modern", "npe_modern"
-    flags = {**PairwiseNPE.flags, "msg_dim": (positive_int, "width of messages and residual stream"),
+    flags = {"msg_dim": (positive_int, "width of messages and residual stream"),
              "enc_blocks": (positive_int, "residual blocks in the pairwise encoder"),
              "dec_blocks": (positive_int, "residual blocks in the decoder"),
              "expansion": (positive_int, "MLP hidden width = msg_dim x expansion"),
              "dropout": (fraction, "dropout inside residual blocks")}
 
-    def __init__(self, neighbourhood, dv_scale, pos_step, dx_scale=0.0, distances=0, msg_dim=96, enc_blocks=3,
-                 dec_blocks=3, expansion=2, dropout=0.0):
-        super().__init__(neighbourhood, dv_scale, pos_step, dx_scale, distances)
+    def __init__(self, neighbourhood, dv_scale, pos_step, dx_scale=0.0, msg_dim=96, enc_blocks=3, dec_blocks=3,
+                 expansion=2, dropout=0.0):
+        super().__init__(neighbourhood, dv_scale, pos_step, dx_scale)
         self.focus_in = nn.Linear(FEATURES, msg_dim)
-        self.context_in = nn.Linear(FEATURES + 2 * distances, msg_dim)
+        self.context_in = nn.Linear(FEATURES, msg_dim)
         self.encoder = nn.Sequential(*[ResidualBlock(msg_dim, expansion, dropout) for _ in range(enc_blocks)],
                                      nn.LayerNorm(msg_dim))
         self.merge = nn.Linear(2 * msg_dim, msg_dim)

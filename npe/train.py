@@ -96,13 +96,10 @@ def train_parser(recipe, description):
                         "stays float32)")
     p.add_argument("--no_pin_memory", action="store_true",
                    help="accepted for older commands; the dataset lives on the training device, nothing is pinned")
-    sizes = {}  # each model's size flags, declared by the model: {name: (type, help, default, kinds)}
-    for kind, cls in MODELS.items():
+    for kind, cls in MODELS.items():  # each model's size flags, declared by the model
         for name, (flag_type, text) in cls.flags.items():
-            sizes.setdefault(name, (flag_type, text, size_defaults(kind)[name], []))[3].append(kind)
-    for name, (flag_type, text, default, kinds) in sizes.items():
-        p.add_argument(f"--{name}", type=flag_type, default=None,
-                       help=f"--model {' or '.join(kinds)} only: {text} (default: {default})")
+            p.add_argument(f"--{name}", type=flag_type, default=None,
+                           help=f"--model {kind} only: {text} (default: {size_defaults(kind)[name]})")
     p.set_defaults(**RECIPES[recipe])
     return p
 

@@ -189,3 +189,29 @@ def test_a_next_state_model_keeps_padding_in_place(kind):
     frames = with_padding(random_frames(2, 3, torch.Generator().manual_seed(6)), 2)
     state = model(frames, positions=True)
     torch.testing.assert_close(state[:, 3:], frames[:, 1, 3:, :4], rtol=0, atol=0)
+
+
+def test_the_paper_model_measures_the_neighbourhood_after_a_frame_of_motion():
+    """A ball just beyond the neighbourhood, 10 px a frame away from entering it: the paper-exact model
+    (positions advanced one frame) counts it when it approaches and not when it recedes; ours never."""
+    focus, edge = [200.0, 300.0], [200.0 + REACH_PX + 5, 300.0]
+    outputs = {}
+    for kind in ("classic", "paper"):
+        model = make(kind)
+        outputs[kind] = [model(frames_from_pixels([focus, edge], [[0.0, 0.0], [speed, 0.0]]))[0, 0]
+                         for speed in (-300.0, 300.0)]  # approaching, receding
+    assert (outputs["paper"][0] - outputs["paper"][1]).abs().max() > 1e-9
+    _, _, mask = make("classic").features(frames_from_pixels([focus, edge], [[0.0, 0.0], [-300.0, 0.0]]))
+    assert not mask.any()  # ours: out of the neighbourhood at t, whatever its velocity
+
+
+def test_the_paper_model_codes_mass_one_hot_and_feeds_the_raw_focus_to_its_decoder():
+    meta = {**META, "world": World(masses=(1.0, 5.0, 25.0)).to_dict()}
+    model = build_model("paper", data_config("paper", meta, dv_scale=1.0)).double()
+    frames = frames_from_pixels([[200.0, 300.0], [300.0, 300.0], [400.0, 300.0]], [[0.0, 0.0]] * 3)
+    frames[..., 1, MASS], frames[..., 2, MASS] = 5.0, 0.0  # a mass-5 ball and a block
+    one_hot = model.describe(frames)[..., MASS:]  # [1, 2, N, 3]
+    assert one_hot[0, 1].tolist() == [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0]]
+    features = 2 * (MASS + 3)
+    assert model.decoder[0].in_features == 50 + features  # the pair sum and the focus's state
+    assert make("classic").decoder[0].in_features == 50 + 25  # ours: the focus's encoding
