@@ -102,7 +102,7 @@ def test_two_processes_log_the_losses_of_the_whole_batch_and_val_split(pair, alo
 
 
 def test_only_rank_0_prints(pair):
-    assert pair.stdout.count("classic model:") == pair.stdout.count("checkpoint:") == 1
+    assert pair.stdout.count("classic model of the next velocity:") == pair.stdout.count("checkpoint:") == 1
 
 
 def test_checkpoint_of_two_processes_loads_in_one(pair):
