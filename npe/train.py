@@ -31,15 +31,15 @@ CSV_COLUMNS = ["step", "samples_seen", "train_loss", "val_loss", "lr", "elapsed_
 RECIPES = {
     "classic": dict(model="classic", batch_size=50, total_samples=60_000_000, eval_every=2000,
                     optimizer="rmsprop", lr=3e-4, weight_decay=0.0, schedule="constant", warmup_frac=0.0,
-                    max_grad_norm=0.0, noise_std=0.0, pushforward=0, collision_share=0.0),
+                    max_grad_norm=0.0, noise_std=0.0, pushforward=0),
     "modern": dict(model="modern", batch_size=2048, total_samples=200_000_000, eval_every=500,
                    optimizer="adamw", lr=1e-3, weight_decay=1e-4, schedule="cosine", warmup_frac=0.02,
-                   max_grad_norm=1.0, noise_std=0.0, pushforward=0, collision_share=0.0),
+                   max_grad_norm=1.0, noise_std=0.0, pushforward=0),
 }
 # Flags that shape a run, beside the model's sizes (its config) and the effective batch: --resume
 # refuses to continue a run with different ones.
 RESUME_FLAGS = ["model", "predict", "total_samples", "optimizer", "lr", "weight_decay", "schedule", "warmup_frac",
-                "max_grad_norm", "noise_std", "pushforward", "collision_share", "seed", "amp"]
+                "max_grad_norm", "noise_std", "pushforward", "seed", "amp"]
 
 
 def train_parser(recipe, description):
@@ -81,9 +81,6 @@ def train_parser(recipe, description):
                    help="train on inputs the model itself rolled out: each window's inputs come from up to this "
                         "many of its own steps (drawn uniformly from 0 to it, no gradient through them) from an "
                         "earlier window of the scene; 0: the true inputs")
-    p.add_argument("--collision_share", type=fraction,
-                   help="fraction of each batch drawn from the windows in which some ball collides (about 5%% of "
-                        "them in the 4-ball box), the rest in the epoch's order; 0: every window alike")
     p.add_argument("--seed", type=random_seed, default=0, help="seed for initialization and batch order")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CUDA when present")
     add_threads_flag(p)
@@ -227,8 +224,7 @@ class Run:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     shuffle: torch.Generator  # the batch order; a resumed run redraws its epoch from the saved state
-    noise: torch.Generator  # input noise, pushforward steps and collision picks: apart from the epoch's order
-    collisions: torch.Tensor  # [C] the train windows in which some ball collides (for --collision_share)
+    noise: torch.Generator  # input noise and pushforward steps: apart from the epoch's order
     steps: int
     effective_batch: int  # windows per step, all processes together
     ckpt_path: Path
@@ -317,7 +313,6 @@ def prepare(args, device):
               config=config, model=model, replicated=model, optimizer=optimizer, scheduler=scheduler,
               shuffle=torch.Generator(device=device).manual_seed(args.seed),
               noise=torch.Generator(device=device).manual_seed(args.seed + 1),
-              collisions=(rollouts.frame_kinds(train_set, meta) > 0).any(1).nonzero()[:, 0] if args.collision_share else None,
               steps=steps, effective_batch=effective_batch, ckpt_path=ckpt_path, best_path=best_path,
               csv_path=csv_path, saved_args=saved_args, state=state)
     if resume:
@@ -394,10 +389,6 @@ def next_batch(run):
         state.cursor = 0
     indices = state.order[state.cursor:state.cursor + run.effective_batch]
     state.cursor += run.effective_batch
-    if run.args.collision_share:  # the first windows of the batch replaced by collision windows
-        picks = torch.randint(len(run.collisions), (round(run.args.collision_share * run.effective_batch),),
-                              device=run.device, generator=run.noise)
-        indices = torch.cat([run.collisions[picks], indices[len(picks):]])
     return distributed.share(indices)
 
 

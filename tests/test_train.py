@@ -11,7 +11,7 @@ import npe.train
 from npe import load_model
 from npe.data import load_meta, load_split
 from npe.models import build_model, data_config, position_step
-from npe.rollouts import frame_kinds, rollout
+from npe.rollouts import rollout
 from npe.train import CSV_COLUMNS, position_residual_std, rolled_inputs, train, train_parser
 
 MODERN = ["--lr", "3e-3", "--msg_dim", "32", "--enc_blocks", "1", "--dec_blocks", "1", "--dropout", "0.3",
@@ -121,14 +121,3 @@ def test_pushforward_inputs_are_the_models_own_rollout_from_an_earlier_window(da
     one = rollout(model, windows[per_scene, :2][None], 1)[0, 0]
     torch.testing.assert_close(inputs[2], torch.stack([windows[per_scene, 1], one]), rtol=0, atol=1e-6)
 
-
-def test_collision_share_fills_that_share_of_each_batch_with_collision_windows(dataset, tmp_path):
-    args = train_parser("classic", "test").parse_args(
-        ["--dataset_prefix", str(dataset), "--ckpt_dir", str(tmp_path), "--name", "share", "--device", "cpu",
-         "--metrics_csv", str(tmp_path / "m.csv"), "--batch_size", "32", "--collision_share", "0.5"])
-    run = npe.train.prepare(args, torch.device("cpu"))
-    eventful = (frame_kinds(run.train_set, run.meta) > 0).any(1)  # [W]
-    assert 0 < eventful.float().mean() < 0.5  # collisions are the exception
-    for _ in range(5):
-        indices = npe.train.next_batch(run)
-        assert len(indices) == 32 and eventful[indices[:16]].all()
