@@ -15,19 +15,25 @@ PRETRAINED = REPO / "pretrained"
 @pytest.fixture(scope="module")
 def table():
     models = {kind: load_model(PRETRAINED / f"npe_{kind}.pt", kind=kind) for kind in ("classic", "modern")}
+    models["next_state"] = load_model(PRETRAINED / "npe_next_state.pt", kind="classic")
     models["constant_velocity"] = ConstantVelocity(models["classic"].pos_step)
     scenes = simulate(models["classic"].meta, seed=4242, num_scenes=40, num_frames=12, workers=1)
     return compare(models, scenes, 10).set_index(["model", "step"])
 
 
-@pytest.mark.parametrize("kind", ["classic", "modern"])
+@pytest.mark.parametrize("kind", ["classic", "modern", "next_state"])
 def test_shipped_checkpoint_beats_constant_velocity_at_step_10(table, kind):
     assert table.loc[(kind, 10), "cosine_similarity"] > table.loc[("constant_velocity", 10), "cosine_similarity"]
 
 
-def test_readme_results_table_is_the_generated_one():
-    generated = (PRETRAINED / "results.md").read_text()
-    assert generated.strip() in (REPO / "README.md").read_text()
+def test_the_shipped_next_state_model_predicts_positions():
+    assert load_model(PRETRAINED / "npe_next_state.pt").dx_scale > 0
+    assert load_model(PRETRAINED / "npe_classic.pt").dx_scale == 0
+
+
+@pytest.mark.parametrize("generated", ["results.md", "results_frames.md"])
+def test_readme_results_tables_are_the_generated_ones(generated):
+    assert (PRETRAINED / generated).read_text().strip() in (REPO / "README.md").read_text()
 
 
 PAPER = PRETRAINED / "paper"
