@@ -370,9 +370,9 @@ def announce(run):
     verb = f"resuming at step {state.step:,} of" if args.resume else "training for"
     processes = f" x {distributed.world_size()} processes" if distributed.world_size() > 1 else ""
     threads = f" ({torch.get_num_threads()} CPU threads)" if run.device.type == "cpu" else ""
-    print(f"{args.model} model of the next {args.predict}: {sum(p.numel() for p in run.model.parameters()):,} parameters, "
-          f"{len(run.train_set):,} train windows; {verb} {run.steps:,} steps of {args.batch_size}{processes} "
-          f"on {run.device}{threads}")
+    parameters = sum(p.numel() for p in run.model.parameters())
+    print(f"{args.model} model of the next {args.predict}: {parameters:,} parameters, {len(run.train_set):,} "
+          f"train windows; {verb} {run.steps:,} steps of {args.batch_size}{processes} on {run.device}{threads}")
 
 
 def new_epoch(run):

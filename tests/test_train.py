@@ -53,8 +53,9 @@ def run(request, dataset, tmp_path_factory):
     with open(out / "metrics.csv", newline="") as f:
         reader = csv.DictReader(f)
         header, rows = reader.fieldnames, list(reader)
-    return SimpleNamespace(name=request.param, kind=kind, ckpt=ckpt, header=header, rows=rows, probe=probe, outputs=outputs[-1],
-                           meta=json.loads(dataset.with_name(dataset.name + "_meta.json").read_text()))
+    meta = json.loads(dataset.with_name(dataset.name + "_meta.json").read_text())
+    return SimpleNamespace(name=request.param, kind=kind, ckpt=ckpt, header=header, rows=rows, probe=probe,
+                           outputs=outputs[-1], meta=meta)
 
 
 def test_training_lowers_the_validation_loss_below_its_first_value(run):
