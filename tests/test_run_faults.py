@@ -233,12 +233,17 @@ def config_of_text(ckpt):
     return "dv_scale"
 
 
+def config_list_with_nan(ckpt):
+    ckpt["config"]["masses"] = [1.0, math.nan]  # a paper model's masses, spoiled
+    return "masses"
+
+
 def zero_state_scale(ckpt):
     ckpt["meta"]["state_scale"] = [0.0] * 5
     return "state_scale"
 
 
-CRAFTED = [nan_weight, no_meta, meta_a_list, config_a_list, config_of_text, zero_state_scale]
+CRAFTED = [nan_weight, no_meta, meta_a_list, config_a_list, config_of_text, config_list_with_nan, zero_state_scale]
 
 
 @pytest.fixture(params=CRAFTED, ids=lambda f: f.__name__.replace("_", " "))
