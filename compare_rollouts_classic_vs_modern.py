@@ -1,6 +1,7 @@
-"""Roll out checkpoints of any kind (classic, modern, NP, LSTM; trained in one world) on fresh scenes and
-compare their velocities with the truth, with a constant-velocity baseline and with the simulator oracle
-(the simulator's own next velocity from each rolled-out state, the ceiling of this rollout protocol):
+"""Roll out checkpoints of any kind (classic, paper, modern, NP, LSTM; of the next velocity or the next state;
+trained in one world) on fresh scenes and compare their velocities with the truth, with a constant-velocity
+baseline and with the simulator oracle (the simulator's own next velocity from each rolled-out state, the
+ceiling of the velocity protocol):
 cosine similarity and relative magnitude error per step, with 95% bootstrap intervals over the scenes in
 the CSV. Without checkpoint flags: the shipped pretrained classic and modern NPE."""
 from pathlib import Path
