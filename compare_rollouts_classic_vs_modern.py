@@ -66,14 +66,15 @@ def main():
     csv_path = args.out_png.with_suffix(".csv")
     save_text(table.to_csv(index=False), csv_path)
     if args.test_prefix:
-        mse = {name: one_step_loss(model, test) for name, model in named.items() if name != "simulator_oracle"}
+        one_step = {name: model for name, model in named.items() if name != "simulator_oracle"}
+        mse = {name: one_step_loss(model, test) for name, model in one_step.items()}
         save_text(results_markdown(table, RESULT_STEPS, mse), args.out_png.with_suffix(".md"))
-        frames = one_step_by_frame({name: m for name, m in named.items() if name != "simulator_oracle"}, test, meta)
-        frames_path = args.out_png.with_name(f"{args.out_png.stem}_frames.csv")
+        frames = one_step_by_frame(one_step, test, meta)
+        frames_path, frames_table = args.out_png.with_name(f"{args.out_png.stem}_frames.csv"), frames_markdown(frames)
         save_text(frames.to_csv(index=False), frames_path)
-        save_text(frames_markdown(frames), frames_path.with_suffix(".md"))
+        save_text(frames_table, frames_path.with_suffix(".md"))
         print(f"One-step errors on the test windows of {args.test_prefix}, by what happens in the frame:\n"
-              f"{frames_markdown(frames)}wrote {args.out_png.with_suffix('.md')}, {frames_path} and "
+              f"{frames_table}wrote {args.out_png.with_suffix('.md')}, {frames_path} and "
               f"{frames_path.with_suffix('.md')}")
     plot_rollout_metrics(table, args.out_png, f"{shown}\n{describe_models(models)}")
     print(f"Rollouts of {describe_models(models)}, the simulator oracle and constant velocity, on {shown}:")
