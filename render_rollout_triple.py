@@ -1,7 +1,8 @@
 """Render videos of fresh scenes side by side: the ground truth and the rollout of each checkpoint (any
-kinds, trained in one world), all started from the same two true frames. Without checkpoint flags: the
-shipped pretrained classic and modern NPE. --num_balls, --masses and --layout draw the scenes from
-another world (default: the checkpoints'); masses are written on the balls when they differ."""
+kinds, trained in one world), all started from the same two true frames, each titled in its model kind's
+colour. Without checkpoint flags: the three shipped 4-ball models (classic, modern and next state).
+--num_balls, --masses and --layout draw the scenes from another world (default: the checkpoints'); masses
+are written on the balls when they differ. --gif writes looping GIFs, which web pages show inline."""
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -14,6 +15,7 @@ from npe.cli import (Parser, add_checkpoint_flags, add_world_flags, positive_flo
                      run_cli, scene_count, world_changes)
 from npe.config import World
 from npe.data import simulate
+from npe.plots import kind_colours, model_kind
 from npe.render import START_FRAMES, render_rollouts
 from npe.rollouts import rollout
 
@@ -24,9 +26,12 @@ def main():
     add_world_flags(p, defaults=False)
     p.add_argument("--num_scenes", type=scene_count, default=5, help="fresh scenes, one video each")
     p.add_argument("--rollout_steps", type=positive_int, default=60, help="rollout steps after the 2 true frames")
-    p.add_argument("--out_dir", type=Path, default=Path("videos"), help="folder for the mp4 files")
+    p.add_argument("--out_dir", type=Path, default=Path("videos"), help="folder for the videos")
     p.add_argument("--tag", default=None,
                    help="videos are OUT_DIR/TAG_scene{N}.mp4 (default: rollout_gt_ and the labels joined by _)")
+    p.add_argument("--gif", action="store_true",
+                   help="write looping GIFs (TAG_scene{N}.gif, through pillow) instead of mp4: GitHub and other web "
+                        "pages show them inline; a few panels and --fps 15 keep one under a megabyte")
     p.add_argument("--seed", type=random_seed, default=2000, help="seed of the fresh scenes (not a training seed)")
     p.add_argument("--fps", type=positive_float, default=30, help="video frames per second")
     args = p.parse_args()
@@ -40,14 +45,17 @@ def main():
                       **changes)  # [S, F, N, 5]
     start = scenes[:, :START_FRAMES]
     shown = runnable(models, scenes.shape[2], world)
-    rollouts = {f"{label}\n{model.path.name}": torch.cat([start, rollout(model, start, args.rollout_steps)], dim=1)
+    titles = {label: f"{label}\n{model.path.parent.name}/{model.path.name}" for label, model in shown.items()}
+    rollouts = {titles[label]: torch.cat([start, rollout(model, start, args.rollout_steps)], dim=1)
                 for label, model in shown.items()}
+    colours = {titles[label]: colour
+               for label, (colour, _) in kind_colours({label: model_kind(m) for label, m in shown.items()}).items()}
     tag = re.sub(r"[^\w.-]+", "_", args.tag or "_".join(["rollout_gt", *shown]))  # a file name, whatever the labels
     print(f"{args.num_scenes} fresh scenes (seed {args.seed}) of {world}")
     for s in tqdm(range(args.num_scenes), unit="video", desc="rendering"):
-        path = args.out_dir / f"{tag}_scene{s}.mp4"
+        path = args.out_dir / f"{tag}_scene{s}.{'gif' if args.gif else 'mp4'}"
         render_rollouts({f"Ground truth\nseed {args.seed}, scene {s}": scenes[s],
-                         **{title: states[s] for title, states in rollouts.items()}}, meta, path, args.fps)
+                         **{title: states[s] for title, states in rollouts.items()}}, meta, path, args.fps, colours)
         tqdm.write(str(path))
 
 

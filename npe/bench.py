@@ -1,12 +1,14 @@
 """How fast this code is on this machine: each measurement beside a baseline taken in the same run, so
 that the ratios hold on a busy or shared machine even where absolute times do not.
 
-    python -m npe.bench                # about 6.5 x --seconds (60) and a minute more
+    python -m npe.bench                # about 9.5 x --seconds (60) and a minute more
     python -m npe.bench --tiny         # seconds, at tiny sizes: checks that the benchmark runs
 
 npe.train.train (timed by its own clock, its one final validation included) runs the training scripts'
 recipes; its baseline is a loop written the common way (a DataLoader over a Dataset of windows,
 shuffled, .to(device) per batch) with the same model, loss, optimizer, clipping, batch size and steps.
+Training on a machine where another job starts mid-run is timed from that job's start: npe.train's
+own choice of threads against one thread, and against a count fixed at every core (the old policy).
 The ratio is ours / baseline (for times: baseline / ours; for utilization: the fraction of the peak).
 Prints a markdown table and writes it to OUT_DIR/bench_<device>.csv and .json.
 """
@@ -15,6 +17,8 @@ import itertools
 import json
 import os
 import platform
+import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -28,7 +32,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.flop_counter import FlopCounterMode
 
-from .cli import Parser, positive_float, run_cli
+from .cli import Interrupted, Parser, positive_float, run_cli
 from .config import World
 from .data import generate_dataset, load_split
 from .files import ensure_parent, save_text
@@ -41,10 +45,13 @@ EXTRAPOLATED_SCENES = 50_000
 # seconds: each time-boxed measurement's default; scenes: the training data; max_batch caps the recipes';
 # one worker simulates sim_per_core x cores scenes, every core max(sim_scenes, that); rollout: scenes,
 # steps; matmul: n of the n x n float32 matmul (the models' dtype) that measures the peak.
+# busy: the batch of the quickstart's training timed beside another job, and the least seconds of each such run.
 FULL = dict(seconds=60.0, scenes=100, max_batch=2048, sim_per_core=1000, sim_scenes=EXTRAPOLATED_SCENES,
-            rollout=(200, 50), matmul={"cpu": 2048, "cuda": 8192})
+            rollout=(200, 50), matmul={"cpu": 2048, "cuda": 8192}, busy=(1024, 10.0))
 TINY = dict(seconds=0.5, scenes=24, max_batch=256, sim_per_core=250, sim_scenes=1000, rollout=(8, 5),
-            matmul={"cpu": 256, "cuda": 1024})
+            matmul={"cpu": 256, "cuda": 1024}, busy=(256, 2.0))
+# The other job: a process that keeps one core busy, as another user's single-threaded training does.
+COMPETITOR = [sys.executable, "-c", "while True: pass"]
 # The table: key, measurement, unit, and the names of ours and of the baseline among the measured values;
 # a key with {kind} makes a row for each model that has both.
 ROWS = [
@@ -59,6 +66,10 @@ ROWS = [
     ("rollout_{kind}", "rollout {kind} {rollout}: batched vs per-scene loop", "scene-steps/s", "batched", "looped"),
     ("budget_{kind}", "budget {kind} {total:g}M samples b{batch}: npe.train vs DataLoader loop", "h",
      "hours", "loader_hours"),
+    ("busy_auto", "train classic b{busy_batch}, another job from {busy_from:.3g} s of {busy_s:.3g}: npe.train's "
+     "threads vs 1 thread", "samples/s", "busy_auto", "busy_one"),
+    ("busy_fixed", "train classic b{busy_batch}, the same other job: {cores} threads fixed vs 1 thread", "samples/s",
+     "busy_fixed", "busy_one"),
 ]
 
 
@@ -152,6 +163,53 @@ def measure_model(kind, prefix, meta, windows, device, sizes, seconds):
             "loader_hours": total / m["loader"] / 3600}
 
 
+def busy_training(prefix, batch, seconds, threads):
+    """samples/s of classic training at `batch` (--threads `threads`, 0: npe.train's choice) from the moment
+    a COMPETITOR starts, a third of the way into `seconds` of training, to its end (a SIGTERM: training
+    saves and stops), from the rows of its metrics CSV; validation every 5 steps."""
+    csv_path = prefix.parent / f"busy_{threads}.csv"
+    args = train_parser("classic", "bench").parse_args([
+        "--dataset_prefix", str(prefix), "--ckpt_dir", str(prefix.parent), "--name", f"busy_{threads}",
+        "--metrics_csv", str(csv_path), "--device", "cpu", "--batch_size", str(batch), "--eval_every", "5",
+        "--total_samples", str(10**12), "--threads", str(threads)])
+    done, before = threading.Event(), torch.get_num_threads()
+    with ThreadPoolExecutor(1) as pool:
+        competing = pool.submit(compete, csv_path, seconds, done)
+        try:
+            with quiet():
+                train(args)
+        except Interrupted:  # the SIGTERM that ends the run
+            pass
+        finally:
+            done.set()
+            torch.set_num_threads(before)  # npe.train set its own
+    rows = pd.read_csv(csv_path)
+    start = rows.elapsed_s.iloc[0] + competing.result()  # the competitor's start, on the run's clock
+    base, last = rows[rows.elapsed_s <= start].iloc[-1], rows.iloc[-1]
+    return (last.samples_seen - base.samples_seen) / (last.elapsed_s - base.elapsed_s)
+
+
+def compete(csv_path, seconds, done):
+    """Once training has written its first metrics row: COMPETITOR after a third of `seconds`, then a SIGTERM
+    to this process at `seconds`; the competitor ends when `done` is set. Returns when it started, in seconds
+    after that first row."""
+    while not csv_path.exists():
+        if done.wait(0.01):
+            raise RuntimeError("training ended before its first validation")
+    first = time.monotonic()
+    done.wait(seconds / 3)
+    competitor = subprocess.Popen(COMPETITOR)
+    try:
+        started = time.monotonic() - first
+        if not done.wait(first + seconds - time.monotonic()):
+            os.kill(os.getpid(), signal.SIGTERM)  # training stops after the step under way
+            done.wait()
+    finally:
+        competitor.kill()
+        competitor.wait()
+    return started
+
+
 def children_peak(done, interval=0.05):
     """The peak resident memory of this process's children together, polled from /proc (Linux; elsewhere 0)
     until `done` is set. ru_maxrss cannot tell it: a spawned worker starts as a fork of this process, and
@@ -200,10 +258,18 @@ def measure(device, sizes, seconds):
             meta = generate_dataset(prefix, sizes["scenes"], seed=0, workers=1)
         windows = load_split(prefix, "train", meta)  # [W, 3, N, 5]
         models = [measure_model(kind, prefix, meta, windows, device, sizes, seconds) for kind in RECIPES]
+        busy = {}
+        if device.type == "cpu":
+            batch, busy_s = sizes["busy"][0], max(seconds, sizes["busy"][1])
+            print(f"training classic at batch {batch} for {busy_s:g} s, another job from {busy_s / 3:g} s: "
+                  f"npe.train's threads, 1 thread, {os.cpu_count()} threads", file=sys.stderr)
+            busy = {"busy_batch": batch, "busy_s": busy_s, "busy_from": busy_s / 3, "cores": os.cpu_count(),
+                    **{f"busy_{name}": busy_training(prefix, batch, busy_s, threads)
+                       for name, threads in (("auto", 0), ("one", 1), ("fixed", os.cpu_count()))}}
     n = sizes["matmul"][device.type]
     print(f"peak: {n} x {n} matmul for {seconds:g} s", file=sys.stderr)
     a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-    shared = {"n": n, "peak": 2 * n**3 * rate(device, seconds, lambda: a @ b)[0] / 1e9, **simulation(sizes)}
+    shared = {"n": n, "peak": 2 * n**3 * rate(device, seconds, lambda: a @ b)[0] / 1e9, **simulation(sizes), **busy}
     rows = []
     for key, text, unit, ours, base in ROWS:
         for v in [{**shared, **m} for m in models] if "{kind}" in key else [shared]:

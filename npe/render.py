@@ -1,4 +1,6 @@
-"""Videos of rollouts: panels side by side, one per trajectory, the box and the balls drawn to scale."""
+"""Videos of rollouts: panels side by side, one per trajectory, the box and the balls drawn to scale; as
+mp4 (H.264, through ffmpeg) or as an animated GIF (through pillow), which web pages such as GitHub's
+READMEs show inline."""
 import math
 
 import imageio.v2 as imageio
@@ -10,6 +12,7 @@ matplotlib.rcParams["text.parse_math"] = False  # labels come from file names: a
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from PIL import Image  # noqa: E402
 from matplotlib.collections import EllipseCollection  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
@@ -29,7 +32,7 @@ def _frame_label(frame, total):
 
 
 def _figure(titles, world, masses, blocks):
-    """The static figure: one axes per panel with its title, the box and the blocks (centres [K, 2] px),
+    """The static figure: one axes per panel with its title ({text: colour}), the box and the blocks (centres [K, 2] px),
     sized so that the pixel dimensions are multiples of 16 (H.264 macroblocks; imageio would otherwise
     rescale, with a warning). Returns the figure, per panel its ball collection and the balls' mass
     labels (none when all balls weigh the same), and the frame counter; all but the figure animated."""
@@ -48,7 +51,7 @@ def _figure(titles, world, masses, blocks):
                            box_w / fig_w, box_h / fig_h])
         ax.set(xlim=(-margin, w + margin), ylim=(-margin, h + margin), aspect="equal")
         ax.set_axis_off()
-        ax.set_title(title, fontsize=14)
+        ax.set_title(title, fontsize=14, color=titles[title])
         ax.add_patch(Rectangle((0, 0), w, h, fill=False, linewidth=2, edgecolor="black"))
         for x, y in blocks:
             ax.add_patch(Rectangle((x - side / 2, y - side / 2), side, side, facecolor="dimgray", edgecolor="none"))
@@ -62,13 +65,14 @@ def _figure(titles, world, masses, blocks):
     return fig, balls, labels, counter
 
 
-def render_rollouts(panels, meta, path, fps=30):
-    """panels {title: normalized states [T, N, 5]} -> an mp4 at `path`, the panels side by side in order.
+def render_rollouts(panels, meta, path, fps=30, colours=None):
+    """panels {title: normalized states [T, N, 5]} -> a video at `path`, the panels side by side in order:
+    an mp4 (H.264 in yuv420p, which browsers and ordinary players open), or a looping GIF where `path`
+    ends in .gif. colours: {title: colour of the title} (default black).
 
     The first START_FRAMES frames are labelled as the true start that all panels share. Ball i has the
     same colour in every panel and, when the balls' masses differ, its mass written on it; blocks are
-    drawn grey, padding not at all. Written atomically; H.264 in yuv420p, which browsers and ordinary
-    players open.
+    drawn grey, padding not at all. Written atomically, and read back before it replaces `path`.
     """
     states = list(panels.values())
     if len({tuple(s.shape[:2]) for s in states}) != 1:
@@ -78,16 +82,15 @@ def render_rollouts(panels, meta, path, fps=30):
     positions = [(s[:, mass > 0, POS].float().cpu() * scale).numpy() for s in states]  # each [T, balls, 2], px
     blocks = (states[0][0, mass == 0, POS].float().cpu() * scale).numpy()  # [K, 2] px
     total = len(positions[0])
-    fig, balls, labels, counter = _figure(list(panels), meta["world"], mass[mass > 0].tolist(), blocks)
+    titles = {title: (colours or {}).get(title, "black") for title in panels}
+    fig, balls, labels, counter = _figure(titles, meta["world"], mass[mass > 0].tolist(), blocks)
     try:
         # Blitting: the titles and boxes are drawn once; each frame restores that background and
         # draws only the balls and the counter, instead of laying out the whole figure again.
         fig.canvas.draw()
         background = fig.canvas.copy_from_bbox(fig.bbox)
         with atomic_path(path) as tmp:
-            with imageio.get_writer(tmp, format="FFMPEG", mode="I", fps=fps, codec="libx264",
-                                    pixelformat="yuv420p", macro_block_size=16,
-                                    ffmpeg_log_level="error") as writer:
+            with _writer(tmp, fps) as writer:
                 for t in range(total):
                     fig.canvas.restore_region(background)
                     for panel, texts, pos in zip(balls, labels, positions):
@@ -104,6 +107,13 @@ def render_rollouts(panels, meta, path, fps=30):
         plt.close(fig)
 
 
+def _writer(path, fps):
+    if path.suffix == ".gif":  # pillow; GIF frame times are whole hundredths of a second
+        return imageio.get_writer(path, mode="I", duration=1000 / fps, loop=0)
+    return imageio.get_writer(path, format="FFMPEG", mode="I", fps=fps, codec="libx264", pixelformat="yuv420p",
+                              macro_block_size=16, ffmpeg_log_level="error")
+
+
 def check_video(path, frames):
     """Raise OSError unless the video at `path` decodes to `frames` frames.
 
@@ -111,8 +121,12 @@ def check_video(path, frames):
     exited, and the cut-off file would have replaced a good video. So the file is read back before that.
     """
     try:
-        found = imageio_ffmpeg.count_frames_and_secs(path)[0]
+        if path.suffix == ".gif":
+            with Image.open(path) as gif:
+                found = gif.n_frames
+        else:
+            found = imageio_ffmpeg.count_frames_and_secs(path)[0]
     except (RuntimeError, OSError) as err:
-        raise OSError(f"ffmpeg cannot read back the video it wrote ({first_line(err)})") from None
+        raise OSError(f"cannot read back the video just written ({first_line(err)})") from None
     if found != frames:
         raise OSError(f"ffmpeg wrote {found} of {frames} frames (a full disk?)")

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 
 KEYS = ["train_classic", "train_modern", "pairs_classic", "pairs_modern", "train_modern_bf16", "utilization_classic",
         "utilization_modern", "simulate_speed", "simulate_time", "simulate_memory", "rollout_classic", "rollout_modern",
-        "budget_classic", "budget_modern"]
+        "budget_classic", "budget_modern", "busy_auto", "busy_fixed"]
 NUMBERS = ["ours", "baseline", "ratio"]
 
 
