@@ -13,7 +13,7 @@ from npe.cli import (NPEError, Parser, add_checkpoint_flags, add_threads_flag, n
                      positive_int, random_seed, run_cli, scene_count, set_threads)
 from npe.config import World
 from npe.data import load_meta, load_split, simulate
-from npe.files import save_text
+from npe.files import check_writable, save_text
 from npe.models import one_step_loss
 from npe.plots import plot_rollout_metrics
 from npe.rollouts import (ConstantVelocity, SimulatorOracle, chaos_reference, compare, frames_markdown,
@@ -43,6 +43,11 @@ def main():
                         "the figure (needs --rollout_steps 50 or more)")
     add_threads_flag(p)
     args = p.parse_args()
+    outputs = [args.out_png, args.out_png.with_suffix(".csv")]
+    frames_path = args.out_png.with_name(f"{args.out_png.stem}_frames.csv")
+    if args.test_prefix:
+        outputs += [args.out_png.with_suffix(".md"), frames_path, frames_path.with_suffix(".md")]
+    check_writable(*outputs)  # before the work: a name too long or a read-only folder found after it loses it
     print(f"{set_threads(args.threads)} CPU threads")
     models, meta = load_models(args)
     if args.test_prefix:  # read before any output is written, so a bad dataset leaves nothing behind
@@ -70,7 +75,7 @@ def main():
         mse = {name: one_step_loss(model, test) for name, model in one_step.items()}
         save_text(results_markdown(table, RESULT_STEPS, mse), args.out_png.with_suffix(".md"))
         frames = one_step_by_frame(one_step, test, meta)
-        frames_path, frames_table = args.out_png.with_name(f"{args.out_png.stem}_frames.csv"), frames_markdown(frames)
+        frames_table = frames_markdown(frames)
         save_text(frames.to_csv(index=False), frames_path)
         save_text(frames_table, frames_path.with_suffix(".md"))
         print(f"One-step errors on the test windows of {args.test_prefix}, by what happens in the frame:\n"

@@ -10,7 +10,7 @@ from npe.checkpoint import describe_models, load_models, runnable
 from npe.cli import Parser, add_experiment_flags, experiment_worlds, output_file, positive_int, run_cli, set_threads
 from npe.config import World
 from npe.data import simulate
-from npe.files import save_text
+from npe.files import check_writable, save_text
 from npe.plots import plot_generalization
 from npe.rollouts import ConstantVelocity, SimulatorOracle, compare, generalization_markdown
 
@@ -23,6 +23,7 @@ def main():
     p.add_argument("--out_png", type=output_file(".png"), default=Path("figs/generalization.png"),
                    help="figure (.png); the CSV and a Markdown table are written beside it with the same stem")
     args = p.parse_args()
+    check_writable(args.out_png, args.out_png.with_suffix(".csv"), args.out_png.with_suffix(".md"))
     print(f"{set_threads(args.threads)} CPU threads")
     models, meta = load_models(args)
     checkpoints, described = {label: str(model.path) for label, model in models.items()}, describe_models(models)

@@ -13,7 +13,7 @@ from npe.cli import (NPEError, Parser, add_experiment_flags, experiment_worlds, 
                      set_threads)
 from npe.config import MASS, World
 from npe.data import simulate
-from npe.files import save_text
+from npe.files import check_writable, save_text
 from npe.mass import PROTOCOLS, collides, collision_reach, infer_mass
 from npe.rollouts import markdown_table
 
@@ -28,6 +28,7 @@ def main():
     p.add_argument("--out_csv", type=output_file(".csv"), default=Path("figs/mass_inference.csv"),
                    help="table of results (.csv); a Markdown copy is written beside it")
     args = p.parse_args()
+    check_writable(args.out_csv, args.out_csv.with_suffix(".md"))
     print(f"{set_threads(args.threads)} CPU threads")
     if args.observe_frames < 3:
         raise NPEError(f"--observe_frames must be 3 or more (one window of t-1, t, t+1), got {args.observe_frames}")

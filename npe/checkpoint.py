@@ -7,9 +7,9 @@ from pathlib import Path
 import torch
 
 from .cli import NPEError, checkpoint_paths
-from .config import CHECKPOINT_FORMAT
+from .config import CHECKPOINT_FORMAT, MAX_MODEL_SIZE, MAX_PARAMETERS
 from .data import check_meta
-from .files import load_torch, save_torch
+from .files import first_line, load_torch, save_torch
 from .models import MODELS, build_model
 
 TRAIN_HINT = "train one with train_npe_4ball.py or train_npe_4ball_modern.py, or fix the path"
@@ -68,6 +68,8 @@ def checkpoint_problem(ckpt):
     if bad := [k for k, v in config.items() if not (finite_number(v) or isinstance(v, list) and v
                                                      and all(finite_number(x) for x in v))]:
         return f"config field {shown(bad[0])} is {shown(config[bad[0]])}, not a finite number (or a list of them)"
+    if large := [k for k, v in config.items() if isinstance(v, int) and v > MAX_MODEL_SIZE]:
+        return f"config field {shown(large[0])} is {config[large[0]]:,}, more than any size of a model ({MAX_MODEL_SIZE:,})"
     if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
         return "state_dict is not a dict of tensors"
     if bad := [k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()]:
@@ -75,14 +77,35 @@ def checkpoint_problem(ckpt):
     return None
 
 
+def build_checked(kind, config, weights=None, source="the size flags"):
+    """The model of `kind` with `config`, built only once it is known to fit: first on the meta device, which
+    allocates nothing, where its parameters are counted and, given a checkpoint's `weights`, their names and
+    shapes compared with the model's; then for real, with `weights` loaded. Else one NPEError naming `source`."""
+    try:
+        with torch.device("meta"):
+            skeleton = build_model(kind, config)
+    except (TypeError, RuntimeError, KeyError, ValueError) as err:
+        raise NPEError(f"{source} does not match its model config: {first_line(err)}") from None
+    if (parameters := sum(p.numel() for p in skeleton.parameters())) > MAX_PARAMETERS:
+        raise NPEError(f"{source} asks for a {kind} model of {parameters:,} parameters, more than the "
+                       f"{MAX_PARAMETERS:,} this code builds; use smaller sizes")
+    if weights is not None:
+        shapes = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+        if differ := sorted(shapes.keys() ^ weights.keys()) or [k for k in shapes if shapes[k] != weights[k].shape]:
+            key = differ[0]
+            found = tuple(weights[key].shape) if key in weights else "missing"
+            raise NPEError(f"{source} does not match its model config: tensor {shown(key)} is "
+                           f"{shapes.get(key, 'not in the model')} in its config's model, {found} in the file")
+    model = build_model(kind, config)
+    if weights is not None:
+        model.load_state_dict(weights)
+    return model
+
+
 def load_model(path, device="cpu", kind=None):
     """The model of any checkpoint, on `device`, in eval mode; its dataset metadata is `model.meta`."""
     ckpt = load_checkpoint(path, kind)
-    try:
-        model = build_model(ckpt["kind"], ckpt["config"])
-        model.load_state_dict(ckpt["state_dict"])
-    except (TypeError, RuntimeError, KeyError, ValueError) as err:
-        raise NPEError(f"{path} does not match its model config: {str(err).splitlines()[0]}") from None
+    model = build_checked(ckpt["kind"], ckpt["config"], ckpt["state_dict"], str(path))
     model.meta, model.path = ckpt["meta"], Path(path)
     return model.to(device).eval()
 

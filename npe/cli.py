@@ -10,7 +10,7 @@ import threading
 import time
 from pathlib import Path
 
-from .config import LAYOUTS, World
+from .config import LAYOUTS, MAX_BALLS, MAX_MODEL_SIZE, MAX_STEPS, MAX_THREADS, World
 
 
 class NPEError(Exception):
@@ -89,6 +89,12 @@ random_seed = _number(int, 0, True, f"a seed from 0 to {SEED_MAX}", high=SEED_MA
 # memory until the machine swaps.
 MAX_SCENES = 10_000_000
 scene_count = _number(int, 0, False, f"a number of scenes from 1 to {MAX_SCENES:,}", high=MAX_SCENES)
+# Sizes that build something (a model's widths and depths, threads, balls, steps taken in a loop), bounded so
+# that a typo is refused at once rather than ending in a MemoryError or a hang while it is built.
+model_size = _number(int, 0, False, f"a size from 1 to {MAX_MODEL_SIZE:,}", high=MAX_MODEL_SIZE)
+thread_count = _number(int, 0, True, f"a number of threads from 0 to {MAX_THREADS:,}", high=MAX_THREADS)
+ball_count = _number(int, 0, False, f"a number of balls from 1 to {MAX_BALLS}", high=MAX_BALLS)
+step_count = _number(int, 0, True, f"a number of steps from 0 to {MAX_STEPS:,}", high=MAX_STEPS)
 # Masses are stored as float32: outside its normal range a mass becomes 0 (a static block) or inf.
 FLOAT32_TINY, FLOAT32_MAX = 2.0**-126, (2 - 2.0**-23) * 2.0**127
 ball_mass = _number(float, FLOAT32_TINY, True, f"a mass from {FLOAT32_TINY:.4g} to {FLOAT32_MAX:.4g} "
@@ -155,7 +161,7 @@ def add_world_flags(parser, defaults=True):
     def default(value):
         return value if defaults else None
     keep = "" if defaults else " (default: as in training)"
-    parser.add_argument("--num_balls", type=list_of(positive_int), default=default("4"),
+    parser.add_argument("--num_balls", type=list_of(ball_count), default=default("4"),
                         help=f"balls per scene, or a set to draw from per scene, e.g. 3,4,5{keep}")
     parser.add_argument("--masses", type=list_of(ball_mass), default=default("1"),
                         help=f"the mass of each ball is drawn from this set, e.g. 1,5,25{keep}")
@@ -171,7 +177,7 @@ def world_changes(args):
 
 
 def add_threads_flag(parser):
-    parser.add_argument("--threads", type=nonnegative_int, default=0,
+    parser.add_argument("--threads", type=thread_count, default=0,
                         help="CPU threads for torch (0: OMP_NUM_THREADS if set, else the cores that other jobs "
                              "leave free when the script starts)")
 
@@ -207,6 +213,9 @@ def set_threads(requested):
 
 
 PRETRAINED = {"classic": Path("pretrained/npe_classic.pt"), "modern": Path("pretrained/npe_modern.pt")}
+# The rows that compare_rollouts_classic_vs_modern.py and evaluate_generalization.py add beside the checkpoints':
+# no checkpoint may take their label, or its rows and theirs would be one model's.
+BASELINES = ("simulator_oracle", "constant_velocity")
 
 
 def add_checkpoint_flags(parser, ckpts_help, required=False):
@@ -238,6 +247,9 @@ def checkpoint_paths(args):
     if len(set(labels)) < len(labels):
         raise NPEError(f"two checkpoints would share the label {max(labels, key=labels.count)!r}; "
                        f"tell them apart with --labels")
+    if taken := [label for label in labels if label in BASELINES]:
+        raise NPEError(f"the label {taken[0]!r} is the name of a baseline whose rows the tables hold too; give "
+                       f"that checkpoint another one with --labels")
     return [(label, path, kind) for label, (path, kind) in zip(labels, named)]
 
 
@@ -246,7 +258,7 @@ def add_experiment_flags(parser, ckpts_help, what, num_scenes, seed):
     then --num_balls and --layout (each value its own world; default: the training world), --num_scenes, --seed,
     --threads."""
     add_checkpoint_flags(parser, ckpts_help, required=True)
-    parser.add_argument("--num_balls", type=list_of(positive_int), default=None,
+    parser.add_argument("--num_balls", type=list_of(ball_count), default=None,
                         help=f"numbers of balls {what}, each a world of its own, e.g. 6,7,8 (default: as in training)")
     parser.add_argument("--layout", type=list_of(str, LAYOUTS), default=None,
                         help=f"obstacle layouts {what}, each a world of its own: {', '.join(LAYOUTS)} "

@@ -86,6 +86,16 @@ WINDOW = 3  # frames per training window: t-1, t (inputs) and t+1 (target)
 SPLITS = ("train", "val", "test")
 SPLIT_FRACTIONS = (0.70, 0.15, 0.15)
 NEIGHBOURHOOD_RADII = 3.5  # context balls farther than this (centre to centre, at t) are masked out
+# The most a flag or a crafted file may ask for; beyond these a model, a world or a loop takes memory or time
+# without bound, and a typo ends in a MemoryError or a hang instead of one line.
+MAX_BALLS = 100  # balls in a scene: 30 of radius 60 fill the 800 x 600 box; the paper's largest scenes hold 8
+MAX_SUBSTEPS = 1000  # pymunk steps per frame (10 keep energy within 1%)
+MAX_FRAMES_PER_SCENE = 100_000  # frames of a generated scene (60 by default)
+MAX_FRAMES = 100_000_000  # frames of fresh scenes simulated for an evaluation at once: 8 GB of 4-ball states
+MAX_STEPS = 100_000  # steps a training flag repeats per batch (--pushforward)
+MAX_MODEL_SIZE = 4096  # a width, depth or slot count of a model (the NPEs use 25 to 96)
+MAX_PARAMETERS = 100_000_000  # parameters of a model (the NPEs have 18,000 to 400,000): 400 MB of weights
+MAX_THREADS = 1024  # --threads
 CHECKPOINT_FORMAT = 2  # 2: model configs hold only their own constructor's arguments
 
 

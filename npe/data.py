@@ -14,8 +14,8 @@ them, cut at the split boundaries, to P_shard{i}of{n}.pt; merge_shards turns the
 a single run writes.
 """
 import hashlib
+import itertools
 import json
-import os
 import re
 import time
 from dataclasses import fields, replace
@@ -25,8 +25,9 @@ import torch
 
 from . import __version__
 from .cli import FLOAT32_MAX, NPEError
-from .config import LAYOUTS, SPLIT_FRACTIONS, SPLITS, STATE_DIM, WINDOW, World, state_scale
-from .files import ensure_parent, load_torch, regular_file, save_text, save_torch, temp_path
+from .config import (LAYOUTS, MAX_BALLS, MAX_FRAMES, MAX_FRAMES_PER_SCENE, MAX_SUBSTEPS, SPLIT_FRACTIONS, SPLITS,
+                     STATE_DIM, WINDOW, World, state_scale)
+from .files import atomic_paths, check_writable, load_torch, regular_file, save_torch, write_torch
 from .sim import simulate_scenes
 
 GENERATE_HINT = "create it with generate_dataset_4ball.py"
@@ -100,6 +101,11 @@ def meta_path(prefix):
     return Path(f"{prefix}_meta.json")
 
 
+def dataset_paths(prefix):
+    """The files of the dataset at `prefix`: its splits, then its metadata."""
+    return [*(split_path(prefix, split) for split in SPLITS), meta_path(prefix)]
+
+
 def generate_dataset(out_prefix, num_scenes, seed, workers=None, world=World(), shard=0, num_shards=1):
     """Simulate num_scenes scenes and write the three splits and the metadata; returns the metadata.
 
@@ -108,7 +114,7 @@ def generate_dataset(out_prefix, num_scenes, seed, workers=None, world=World(), 
     """
     sizes = split_sizes(num_scenes)
     first, last = shard_scenes(num_scenes, shard, num_shards)
-    ensure_parent(meta_path(out_prefix))
+    check_writable(*([shard_path(out_prefix, shard, num_shards)] if num_shards > 1 else dataset_paths(out_prefix)))
     start = time.time()
     scenes = normalize(simulate_scenes(world, seed, first, last, workers))  # [S, F, N, 5]
     meta = {
@@ -158,27 +164,18 @@ def write_dataset(out_prefix, windows, meta):
     """Write the splits {split: windows [W, 3, N, 5]} and their metadata as one unit; returns the metadata,
     which then records each split's fingerprint.
 
-    Every file is first written in full under a temporary name; only then does the old metadata go, the
-    splits take their names and the metadata takes its name, last: the commit point. Stopped before that,
-    the old dataset stays as it was; stopped during it, there is no metadata, which loading refuses; and
-    a split of another run beside a metadata does not match its fingerprint.
+    Every file is first written in full under a temporary name (files.atomic_paths); only then does the
+    old metadata go, the splits take their names and the metadata takes its name, last: the commit point.
+    Stopped before that, the old dataset stays as it was (a kill -9 leaves temporary files, which the next
+    write of the dataset removes); stopped during it, there is no metadata, which loading refuses; and a
+    split of another run beside a metadata does not match its fingerprint.
     """
     refuse_nonfinite(windows, f"{out_prefix}_*")
     meta = {**meta, "sha256": {split: fingerprint(windows[split]) for split in SPLITS}}
-    final = [split_path(out_prefix, split) for split in SPLITS] + [meta_path(out_prefix)]
-    staged = [temp_path(path, os.getpid()) for path in final]  # a kill -9 leaves these to the next write
-    try:
+    with atomic_paths(*dataset_paths(out_prefix)) as staged:  # the metadata last
         for split, path in zip(SPLITS, staged):
-            save_torch(windows[split], path)
-        save_text(json.dumps(meta, indent=2) + "\n", staged[-1])
-        final[-1].unlink(missing_ok=True)
-        for path, target in zip(staged, final):
-            path.replace(target)
-    except OSError as err:
-        raise NPEError(f"cannot write {err.filename2 or err.filename or out_prefix}: {err.strerror or err}") from None
-    finally:
-        for path in staged:
-            path.unlink(missing_ok=True)
+            write_torch(windows[split], path)
+        staged[-1].write_text(json.dumps(meta, indent=2) + "\n")
     return meta
 
 
@@ -202,9 +199,15 @@ def merge_shards(out_prefix):
         raise NPEError(f"{prefix}_shard*of*.pt mixes runs of {' and '.join(map(str, sorted(found)))} shards; "
                        f"remove the stale ones")
     [(num_shards, indices)] = found.items()
-    if missing := sorted(set(range(num_shards)) - indices):
-        raise NPEError(f"shards {', '.join(map(str, missing))} of {num_shards} are missing for {prefix} "
-                       f"({SHARD_HINT})")
+    if stray := sorted(i for i in indices if i >= num_shards):
+        raise NPEError(f"{shard_path(prefix, stray[0], num_shards)} names no shard of {num_shards} (they count "
+                       f"from 0); remove it")
+    if len(indices) < num_shards:  # the first few named, so that a name claiming 10^10 shards costs nothing
+        missing = list(itertools.islice((i for i in range(num_shards) if i not in indices), 5))
+        more = num_shards - len(indices) - len(missing)
+        raise NPEError(f"shards {', '.join(map(str, missing))}{f' and {more:,} more' if more else ''} of "
+                       f"{num_shards:,} are missing for {prefix} ({SHARD_HINT})")
+    check_writable(*dataset_paths(prefix))
     paths = [shard_path(prefix, i, num_shards) for i in range(num_shards)]
     parts = [load_torch(path, "dataset shard", SHARD_HINT) for path in paths]
     for i, (path, part) in enumerate(zip(paths, parts)):
@@ -250,6 +253,9 @@ def _count(value, low):
     return isinstance(value, int) and not isinstance(value, bool) and value >= low
 
 
+WORLD_LIMITS = {"num_balls": MAX_BALLS, "frames_per_scene": MAX_FRAMES_PER_SCENE, "substeps": MAX_SUBSTEPS}
+
+
 def _world_problem(world):
     """What is wrong with the metadata's world (a dict of World fields; one left out keeps its default), or None."""
     if not isinstance(world, dict):
@@ -265,7 +271,8 @@ def _world_problem(world):
         if isinstance(kind, str):
             ok, want = (lambda v: v in LAYOUTS), f"one of the layouts {', '.join(LAYOUTS)}"
         elif isinstance(kind, int):
-            ok, want = (lambda v: _count(v, 1)), "a positive integer"
+            most = WORLD_LIMITS[key]
+            ok, want = (lambda v: _count(v, 1) and v <= most), f"an integer from 1 to {most:,}"
         elif key in ("elasticity", "min_speed"):  # these may be 0, no other length, time or mass may
             ok, want = (lambda v: _number(v, inclusive=True)), "a non-negative number"
         else:
@@ -397,6 +404,9 @@ def simulate(meta, seed, num_scenes, num_frames, workers=None, **changes):
     """
     if seed == meta["seed"]:
         raise NPEError(f"--seed {seed} is the seed of the training data; pick another one for fresh scenes")
+    if num_scenes * num_frames > MAX_FRAMES:
+        raise NPEError(f"{num_scenes:,} scenes of {num_frames:,} frames are more than the {MAX_FRAMES:,} frames "
+                       f"simulated at once; ask for fewer scenes or steps")
     world = replace(World.from_dict(meta["world"]), **changes)
     raw = simulate_scenes(world, seed, 0, num_scenes, workers, num_frames, progress=False)
     return normalize(raw)

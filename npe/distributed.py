@@ -13,6 +13,8 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from .cli import NPEError
+
 _host_group = None  # the gloo group for host-side values, while a process group is joined
 
 
@@ -37,12 +39,15 @@ def process_group(device):
     any rank is seen.
     """
     global _host_group
-    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+    if launched_processes() == 1:
         yield device
         return
     cuda = device.type == "cuda"
     if cuda:
-        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        if (local := int(os.environ["LOCAL_RANK"])) >= torch.cuda.device_count():
+            raise NPEError(f"LOCAL_RANK={local}, but torch sees {torch.cuda.device_count()} GPUs; start at most "
+                           f"that many processes per machine")
+        device = torch.device("cuda", local)
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if cuda else "gloo", device_id=device if cuda else None)
     _host_group = dist.new_group(backend="gloo")
@@ -53,6 +58,28 @@ def process_group(device):
     finally:
         _host_group = None
         dist.destroy_process_group()
+
+
+def launched_processes():
+    """WORLD_SIZE, the number of processes torchrun started (1 without it), once torchrun's environment is
+    checked: a variable set by hand or left over from another job is one NPEError, not a traceback or a wait
+    for processes that never come."""
+    def number(key, low, high):
+        text = os.environ.get(key, "")
+        if not (text.strip().isdigit() and low <= int(text) <= high):
+            raise NPEError(f"{key}={text!r} in the environment is not an integer from {low} to {high}; start several "
+                           f"processes with torchrun (docs/distributed.md), or unset WORLD_SIZE for one")
+        return int(text)
+    if "WORLD_SIZE" not in os.environ:
+        return 1
+    size = number("WORLD_SIZE", 1, 2**31 - 1)
+    if size > 1:
+        if missing := [key for key in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT") if key not in os.environ]:
+            raise NPEError(f"WORLD_SIZE={size} is set, but not {', '.join(missing)}: start the run with torchrun "
+                           f"(docs/distributed.md), or unset WORLD_SIZE")
+        for key, (low, high) in {"RANK": (0, size - 1), "LOCAL_RANK": (0, size - 1), "MASTER_PORT": (1, 65535)}.items():
+            number(key, low, high)
+    return size
 
 
 def replicate(model):

@@ -53,32 +53,72 @@ def _running(pid):
 
 
 @contextlib.contextmanager
-def atomic_path(path):
-    """Yield a temporary path to write; on success it replaces `path`, on failure it is removed.
+def atomic_paths(*paths):
+    """Yield temporary paths to write, one per target; on success they replace their targets as one unit,
+    the last one last (the commit point a reader checks the others against: its old file goes first, so a
+    mix of old and new is never committed), on failure they are all removed and every target is kept.
 
-    Any OSError while writing (a full disk, a quota, an I/O error) is one NPEError naming `path`; writers
-    whose libraries report a failed write otherwise (torch, ffmpeg) turn it into an OSError.
+    Any OSError while writing (a full disk, a quota, an I/O error) is one NPEError naming the target;
+    writers whose libraries report a failed write otherwise (torch, ffmpeg) turn it into an OSError.
+    Removing the temporary files never hides that error.
     """
-    path = ensure_parent(path)
-    _remove_stale_temps(path)
-    tmp = temp_path(path, os.getpid())
+    paths = [ensure_parent(path) for path in paths]
+    for path in paths:
+        _remove_stale_temps(path)
+    temps = [temp_path(path, os.getpid()) for path in paths]
     try:
-        yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        yield temps
+        for tmp in temps:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        if len(paths) > 1:
+            paths[-1].unlink(missing_ok=True)
+        for tmp, path in zip(temps, paths):
+            os.replace(tmp, path)
     except OSError as err:
+        named = {str(tmp): path for tmp, path in zip(temps, paths)}
+        path = named.get(str(err.filename), paths[0])
         raise NPEError(f"cannot write {path}: {first_line(err)}; the previous file, if any, is kept") from None
     finally:
-        tmp.unlink(missing_ok=True)
+        for tmp in temps:
+            with contextlib.suppress(OSError):  # a name too long to create is too long to remove
+                tmp.unlink(missing_ok=True)
 
 
-def save_torch(obj, path):
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary path to write; on success it replaces `path`, on failure it is removed (atomic_paths)."""
+    with atomic_paths(path) as (tmp,):
+        yield tmp
+
+
+def check_writable(*paths):
+    """Before the work: each output's folder created and its temporary name (the longest name a write
+    uses) created and removed there, so that a read-only folder, a name too long for the file system or
+    an output that is a folder is one NPEError now rather than a traceback after the work."""
+    for path in map(ensure_parent, paths):
+        if path.is_dir():
+            raise NPEError(f"cannot write {path}: it is a folder; name a file")
+        tmp = temp_path(path, os.getpid())
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT, 0o600))
+            os.unlink(tmp)
+        except OSError as err:
+            raise NPEError(f"cannot write {path}: {first_line(err)}; nothing was done") from None
+
+
+def write_torch(obj, path):
+    """torch.save into `path` (a temporary path of atomic_paths)."""
+    with open(path, "wb") as f:
         try:
             torch.save(obj, f)  # a file object, so the archive inside is not named after the temp file
         except RuntimeError as err:  # torch reports a failed write (a full disk) as a RuntimeError
             raise OSError(first_line(err)) from None
+
+
+def save_torch(obj, path):
+    with atomic_path(path) as tmp:
+        write_torch(obj, tmp)
 
 
 def save_text(text, path):

@@ -21,7 +21,7 @@ import inspect
 import torch
 from torch import nn
 
-from .cli import NPEError, fraction, positive_int
+from .cli import NPEError, fraction, model_size
 from .config import MASS, NEIGHBOURHOOD_RADII, PAD_MASS, POS, STATE_DIM, VEL, is_ball
 
 FEATURES = 2 * STATE_DIM  # one ball over the two input frames
@@ -222,10 +222,10 @@ class ModernNPE(PairwiseNPE):
     """The same encode, sum, decode structure from pre-norm residual MLP blocks."""
 
     kind, run_name = "modern", "npe_modern"
-    flags = {"msg_dim": (positive_int, "width of messages and residual stream"),
-             "enc_blocks": (positive_int, "residual blocks in the pairwise encoder"),
-             "dec_blocks": (positive_int, "residual blocks in the decoder"),
-             "expansion": (positive_int, "MLP hidden width = msg_dim x expansion"),
+    flags = {"msg_dim": (model_size, "width of messages and residual stream"),
+             "enc_blocks": (model_size, "residual blocks in the pairwise encoder"),
+             "dec_blocks": (model_size, "residual blocks in the decoder"),
+             "expansion": (model_size, "MLP hidden width = msg_dim x expansion"),
              "dropout": (fraction, "dropout inside residual blocks")}
 
     def __init__(self, neighbourhood, dv_scale, pos_step, dx_scale=0.0, msg_dim=96, enc_blocks=3, dec_blocks=3,
@@ -274,7 +274,7 @@ class LSTMBaseline(Dynamics):
     neither pairs nor permutation symmetry."""
 
     kind, run_name = "lstm", "lstm_baseline"
-    flags = {"slots": (positive_int, "objects the LSTM takes (scenes are padded to this many)")}
+    flags = {"slots": (model_size, "objects the LSTM takes (scenes are padded to this many)")}
 
     def __init__(self, dv_scale, pos_step, dx_scale=0.0, slots=10, hidden=100, layers=2):
         super().__init__(dv_scale, pos_step, dx_scale)

@@ -10,17 +10,25 @@ from .checkpoint import load_checkpoint
 from .cli import NPEError
 from .config import SPLITS
 from .data import meta_path, split_path
-from .files import ensure_parent
+from .files import check_writable
 
 
 def total_steps(total_samples, effective_batch):
     return math.ceil(total_samples / effective_batch)
 
 
+BEST = "_best"  # CKPT_DIR/NAME_best.pt is the best-val checkpoint of run NAME, so no run is named X_best
+
+
 def run_files(args):
     """The files a run writes: its checkpoint, best-val checkpoint, lock and metrics CSV."""
-    return (args.ckpt_dir / f"{args.name}.pt", args.ckpt_dir / f"{args.name}_best.pt",
+    return (args.ckpt_dir / f"{args.name}.pt", args.ckpt_dir / f"{args.name}{BEST}.pt",
             args.ckpt_dir / f"{args.name}.lock", args.metrics_csv)
+
+
+def csv_lock(csv_path):
+    """The lock file that keeps two live runs from writing one metrics CSV (from two --ckpt_dir, say)."""
+    return csv_path.with_name(f"{csv_path.name}.lock")
 
 
 @contextlib.contextmanager
@@ -30,8 +38,11 @@ def claim_run(args):
     if args.resume and args.overwrite:
         raise NPEError("--resume continues the run in CKPT_DIR/NAME.pt and --overwrite replaces it: give one")
     check_paths(args)
-    ckpt_path, _, lock_path, _ = run_files(args)
-    with run_lock(lock_path) if distributed.is_main() else contextlib.nullcontext():
+    ckpt_path, _, lock_path, csv_path = run_files(args)
+    with contextlib.ExitStack() as held:
+        if distributed.is_main():
+            held.enter_context(run_lock(lock_path))
+            held.enter_context(run_lock(csv_lock(csv_path), f"writing the metrics CSV {csv_path}", "--metrics_csv"))
         if not (args.resume or args.overwrite):
             check_replaceable(ckpt_path)
         yield
@@ -41,30 +52,37 @@ def check_paths(args):
     """Refuse a --name, --ckpt_dir or --metrics_csv that cannot hold the run's files, or whose files would
     be the dataset's or each other's, and create their folders: a bad path found at the first validation
     would lose the training before it."""
-    if "/" in args.name or args.name in (".", ".."):
+    if "/" in args.name or args.name in (".", "..", ""):
         raise NPEError(f"--name {args.name!r} is not a plain file name (no '/'); the folder is --ckpt_dir")
+    if args.name.endswith(BEST):
+        raise NPEError(f"--name {args.name!r} ends in {BEST}: CKPT_DIR/{args.name}.pt would be the best-val "
+                       f"checkpoint of run {args.name[:-len(BEST)]!r}; pick another name")
     csv = args.metrics_csv
     if not csv.name or csv.is_dir():
         raise NPEError(f"--metrics_csv {str(csv)!r} is a folder, not a file; name a file, e.g. "
                        f"logs/{args.name}.csv")
-    ckpt_path, best_path, lock_path, csv_path = outputs = run_files(args)
+    if csv.suffix.lower() != ".csv":
+        raise NPEError(f"--metrics_csv {str(csv)!r} does not end in .csv; name a .csv file (any other could be a "
+                       f"checkpoint or a dataset file)")
+    ckpt_path, best_path, lock_path, csv_path = run_files(args)
     roles = {**{f"the dataset's {path.name}": path for path in
                 (meta_path(args.dataset_prefix), *(split_path(args.dataset_prefix, split) for split in SPLITS))},
              "the checkpoint": ckpt_path, "the best-val checkpoint": best_path, "the lock file": lock_path,
-             "the metrics CSV": csv_path}
+             "the metrics CSV": csv_path, "the metrics CSV's lock file": csv_lock(csv_path)}
     seen = {}
     for role, path in roles.items():
         if (other := seen.setdefault(path.resolve(), role)) != role:
             raise NPEError(f"{role} would be {other} ({path}); change --metrics_csv, --name or --ckpt_dir")
-    for path in outputs:
-        ensure_parent(path)
+    check_writable(ckpt_path, best_path, csv_path)
 
 
 @contextlib.contextmanager
-def run_lock(path):
+def run_lock(path, doing=None, instead="--name"):
     """Hold `path` (CKPT_DIR/NAME.lock, with this process's pid in it) while the run lives; a second run of
-    the name is refused while the first holds it. An flock, so that the kernel releases it when a run dies,
-    even by kill -9: a lock file left behind is simply taken over."""
+    the name is refused while the first holds it, saying that the first is `doing` (training
+    CKPT_DIR/NAME.pt) and to give this one another `instead`. An flock, so that the kernel releases it when
+    a run dies, even by kill -9: a lock file left behind is simply taken over."""
+    doing = doing or f"training {path.with_suffix('.pt')}"
     while True:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -75,8 +93,8 @@ def run_lock(path):
         except BlockingIOError:
             holder = os.pread(fd, 20, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
-            raise NPEError(f"another run (pid {holder}) is training {path.with_suffix('.pt')} now, holding "
-                           f"{path}; wait for it to end, or give this one another --name") from None
+            raise NPEError(f"another run (pid {holder}) is {doing} now, holding {path}; wait for it to end, or "
+                           f"give this one another {instead}") from None
         with contextlib.suppress(FileNotFoundError):
             if os.path.samestat(os.fstat(fd), os.stat(path)):
                 break
@@ -86,7 +104,8 @@ def run_lock(path):
         os.write(fd, f"{os.getpid()}\n".encode())
         yield
     finally:
-        path.unlink(missing_ok=True)  # before the lock goes, so a run waiting on this file locks a new one
+        with contextlib.suppress(OSError):  # a folder made read-only meanwhile must not hide the run's own error
+            path.unlink(missing_ok=True)  # before the lock goes, so a run waiting on this file locks a new one
         os.close(fd)
 
 
@@ -110,3 +129,14 @@ def check_replaceable(path):
         raise NPEError(f"{path} holds an unfinished run (step {step:,} of {steps:,}): continue it with the same "
                        f"command and --resume, or start over with --overwrite")
     print(f"replacing the finished run in {path} ({steps:,} steps)")
+
+
+def drop_replaced(run_paths):
+    """Remove the best-val checkpoint and metrics CSV (`run_paths`) of the run that a new one replaced, once
+    the new one has saved its first checkpoint and has not validated yet: beside the new CKPT_DIR/NAME.pt
+    they would pass for its own."""
+    for path in run_paths:
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as err:
+            raise NPEError(f"cannot remove {path}, left by the run this one replaced: {err.strerror}") from None

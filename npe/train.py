@@ -17,14 +17,14 @@ import torch
 from tqdm import tqdm
 
 from . import distributed, rollouts
-from .checkpoint import load_checkpoint, save_checkpoint
-from .cli import (Interrupted, NPEError, Parser, add_threads_flag, fraction, nonnegative_float, nonnegative_int,
-                  positive_float, positive_int, random_seed, set_threads)
+from .checkpoint import build_checked, load_checkpoint, save_checkpoint
+from .cli import (Interrupted, NPEError, Parser, add_threads_flag, fraction, nonnegative_float, positive_float,
+                  positive_int, random_seed, set_threads, step_count)
 from .config import POS, VEL, is_ball
 from .data import load_meta, load_split
 from .files import save_text
-from .models import MODELS, build_model, data_config, loss, one_step_loss, position_step, size_defaults
-from .runs import claim_run, run_files, total_steps
+from .models import MODELS, data_config, loss, one_step_loss, position_step, size_defaults
+from .runs import claim_run, drop_replaced, run_files, total_steps
 
 CSV_COLUMNS = ["step", "samples_seen", "train_loss", "val_loss", "lr", "elapsed_s"]
 # The defaults that differ between the two training scripts (npe.bench measures these recipes too).
@@ -77,7 +77,7 @@ def train_parser(recipe, description):
     p.add_argument("--noise_std", type=nonnegative_float,
                    help="std of Gaussian noise added to the balls' input positions and velocities (normalized "
                         "units); the target stays the true next state, so the model learns to correct it")
-    p.add_argument("--pushforward", type=nonnegative_int,
+    p.add_argument("--pushforward", type=step_count,
                    help="train on inputs the model itself rolled out: each window's inputs come from up to this "
                         "many of its own steps (drawn uniformly from 0 to it, no gradient through them) from an "
                         "earlier window of the scene; 0: the true inputs")
@@ -302,7 +302,8 @@ def prepare(args, device):
 
     torch.manual_seed(args.seed)
     config = resume["config"] if resume else new_config(args, meta, train_set)
-    model = build_model(args.model, config).to(device)
+    weights, source = (resume["state_dict"], str(ckpt_path)) if resume else (None, "the size flags")
+    model = build_checked(args.model, config, weights, source).to(device)  # refused before a huge one is built
     optimizer = make_optimizer(args, model.parameters())
     steps = total_steps(args.total_samples, effective_batch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -486,6 +487,8 @@ def save_run(run):
         "scheduler": run.scheduler.state_dict(), "noise_generator": run.noise.get_state(),
         "torch_rng": torch.get_rng_state()}
     save_checkpoint(run.ckpt_path, run.model, run.config, run.meta, state.seen, run.saved_args, train_state)
+    if not state.rows:  # not validated yet: a best checkpoint or CSV there is of the run this one replaced
+        drop_replaced([run.best_path, run.csv_path])
 
 
 def finish(run, signalled):

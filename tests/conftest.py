@@ -9,9 +9,11 @@ import importlib
 import io
 import os
 import re
+import select
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -45,27 +47,38 @@ def run_script(script, *args, timeout=300):
     return run_python(REPO / script, *args, timeout=timeout)
 
 
-def start(script, *args, **popen):
-    """A script in its own interpreter, stdout and stderr piped, with Ctrl-C handled as from a terminal.
+# A shell without job control starts a background job (`pytest &`) with SIGINT ignored, and a child inherits
+# that: Python then never raises KeyboardInterrupt, and the Ctrl-C tests would hang. A handler of this
+# process's own becomes the default action in every child it starts (exec keeps only "ignored"), so the
+# children handle Ctrl-C as from a terminal. (A preexec_fn that reset it ran Python between fork and exec in
+# a process with threads, torch's and tqdm's, which can deadlock the child before it ever starts.)
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+STARTUP_S = 120  # the most a started script may take to show that it works, on a loaded machine
 
-    A shell without job control starts a background job (`pytest &`) with SIGINT ignored, and a child
-    inherits that: Python then never raises KeyboardInterrupt, and the Ctrl-C tests would hang.
-    """
+
+def start(script, *args, **popen):
+    """A script in its own interpreter, stdout and stderr piped, handling Ctrl-C as from a terminal."""
     return subprocess.Popen([sys.executable, str(REPO / script), *map(str, args)], cwd=REPO, env=CHILD_ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **popen)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
 
 
 def generation_under_way(prefix, workers):
     """generate_dataset_4ball.py on a million scenes in a session of its own, once it has simulated some:
-    (the process, what it has written to stderr so far)."""
+    (the process, what it has written to stderr so far). Killed, with its workers, if it has not within
+    STARTUP_S: a test must never wait on a process without a deadline."""
     proc = start("generate_dataset_4ball.py", "--num_scenes", 10**6, "--workers", workers, "--out_prefix", prefix,
                  start_new_session=True)
-    seen = ""
+    seen, deadline = "", time.monotonic() + STARTUP_S
     while not re.search(r"\| [1-9]\d*/1000000 ", seen):
-        chunk = os.read(proc.stderr.fileno(), 4096).decode()
+        ready = select.select([proc.stderr], [], [], max(0.0, deadline - time.monotonic()))[0]
+        chunk = os.read(proc.stderr.fileno(), 4096).decode() if ready else ""
         if not chunk:
-            pytest.fail(f"generation ended before simulating a scene:\n{seen[-2000:]}")
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            pytest.fail(f"generation simulated no scene {'in time' if not ready else 'before it ended'}:\n"
+                        f"{seen[-2000:]}")
         seen += chunk
     return proc, seen
 

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import npe.data
+import npe.files
 from conftest import CLASSIC, cli, is_one_error_line
 from npe.cli import NPEError
 from npe.config import SPLITS, World
@@ -255,7 +256,7 @@ def killed_at_call(patch, owner, name, call):
 def test_generation_stopped_while_writing_the_splits_leaves_the_old_dataset_as_it_was(runs, tmp_path, monkeypatch):
     prefix = copy(runs[1], tmp_path)
     before = contents(prefix)
-    killed_at_call(monkeypatch, npe.data, "save_torch", 2)  # after the train split
+    killed_at_call(monkeypatch, npe.data, "write_torch", 2)  # after the train split
     with pytest.raises(Killed):
         generate_dataset(prefix, NUM_SCENES, 2, workers=1)
     assert contents(prefix) == before
@@ -265,7 +266,7 @@ def test_generation_stopped_while_writing_the_splits_leaves_the_old_dataset_as_i
 def test_generation_stopped_while_committing_leaves_a_dataset_that_loading_refuses(call, runs, tmp_path,
                                                                                  monkeypatch):
     prefix = copy(runs[1], tmp_path)
-    killed_at_call(monkeypatch, Path, "replace", call)
+    killed_at_call(monkeypatch, npe.files.os, "replace", call)
     with pytest.raises(Killed):
         generate_dataset(prefix, NUM_SCENES, 2, workers=1)
     monkeypatch.undo()

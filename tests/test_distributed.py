@@ -1,6 +1,7 @@
 """Training under torchrun: two CPU processes (gloo) on the session dataset. Each takes half of every
 batch, so two processes of batch 50 must train the weights one process of batch 100 trains, and a run
 saved by two processes must load and resume in one."""
+import contextlib
 import os
 import re
 import shutil
@@ -127,18 +128,22 @@ def test_signal_to_one_process_stops_both_after_the_same_step(dataset, tmp_path)
     endless = ["--total_samples", 10**7, "--batch_size", 50, "--eval_every", 10**6, "--save_every", 2,
                "--device", "cpu"]
     proc = subprocess.Popen([sys.executable, *torchrun_args(dataset, tmp_path, *endless)], cwd=REPO, env=CHILD_ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 60
-    while not (tmp_path / "run.pt").exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    rank_1 = [pid for pid in children(proc.pid) if "RANK=1\0" in environ(pid)]
-    assert len(rank_1) == 1, "no running rank 1"
-    os.kill(rank_1[0], signal.SIGTERM)
-    try:
-        stderr = proc.communicate(timeout=60)[1]
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        pytest.fail("still running 60 s after the signal")
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:  # whatever fails, the launcher and both ranks go: an endless run left behind would starve the suite
+        deadline = time.time() + 60
+        while not (tmp_path / "run.pt").exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        rank_1 = [pid for pid in children(proc.pid) if "RANK=1\0" in environ(pid)]
+        assert len(rank_1) == 1, "no running rank 1"
+        os.kill(rank_1[0], signal.SIGTERM)
+        try:
+            stderr = proc.communicate(timeout=60)[1]
+        except subprocess.TimeoutExpired:
+            pytest.fail("still running 60 s after the signal")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
     stops = re.findall(r"error: stopped by SIGTERM at step (\d+)", stderr)
     assert len(stops) == 2 and stops[0] == stops[1], stderr[-3000:]
     assert torch.load(tmp_path / "run.pt", weights_only=True)["train_state"]["step"] == int(stops[0])
