@@ -3,7 +3,7 @@ trained in one world) on fresh scenes and compare their velocities with the trut
 baseline and with the simulator oracle (the simulator's own next velocity from each rolled-out state, the
 ceiling of the velocity protocol):
 cosine similarity and relative magnitude error per step, with 95% bootstrap intervals over the scenes in
-the CSV. Without checkpoint flags: the shipped pretrained classic and modern NPE."""
+the CSV. Without checkpoint flags: the three shipped 4-ball models (classic, modern and next state)."""
 from pathlib import Path
 
 import pandas as pd
@@ -15,7 +15,7 @@ from npe.config import World
 from npe.data import load_meta, load_split, simulate
 from npe.files import check_writable, save_text
 from npe.models import one_step_loss
-from npe.plots import plot_rollout_metrics
+from npe.plots import model_kind, plot_rollout_metrics
 from npe.rollouts import (ConstantVelocity, SimulatorOracle, chaos_reference, compare, frames_markdown,
                           one_step_by_frame, results_markdown, summary_text)
 
@@ -48,7 +48,7 @@ def main():
     if args.test_prefix:
         outputs += [args.out_png.with_suffix(".md"), frames_path, frames_path.with_suffix(".md")]
     check_writable(*outputs)  # before the work: a name too long or a read-only folder found after it loses it
-    print(f"{set_threads(args.threads)} CPU threads")
+    print(f"torch CPU threads: {set_threads(args.threads)}")
     models, meta = load_models(args)
     if args.test_prefix:  # read before any output is written, so a bad dataset leaves nothing behind
         if args.rollout_steps < max(TABLE_STEPS):
@@ -81,7 +81,8 @@ def main():
         print(f"One-step errors on the test windows of {args.test_prefix}, by what happens in the frame:\n"
               f"{frames_table}wrote {args.out_png.with_suffix('.md')}, {frames_path} and "
               f"{frames_path.with_suffix('.md')}")
-    plot_rollout_metrics(table, args.out_png, f"{shown}\n{describe_models(models)}")
+    plot_rollout_metrics(table, args.out_png, f"{shown}\n{describe_models(models)}",
+                         {label: model_kind(model) for label, model in models.items()})
     print(f"Rollouts of {describe_models(models)}, the simulator oracle and constant velocity, on {shown}:")
     print(summary_text(table, TABLE_STEPS))
     print(f"wrote {args.out_png} and {csv_path}")

@@ -11,7 +11,7 @@ from npe.cli import Parser, add_experiment_flags, experiment_worlds, output_file
 from npe.config import World
 from npe.data import simulate
 from npe.files import check_writable, save_text
-from npe.plots import plot_generalization
+from npe.plots import model_kind, plot_generalization
 from npe.rollouts import ConstantVelocity, SimulatorOracle, compare, generalization_markdown
 
 
@@ -24,9 +24,10 @@ def main():
                    help="figure (.png); the CSV and a Markdown table are written beside it with the same stem")
     args = p.parse_args()
     check_writable(args.out_png, args.out_png.with_suffix(".csv"), args.out_png.with_suffix(".md"))
-    print(f"{set_threads(args.threads)} CPU threads")
+    print(f"torch CPU threads: {set_threads(args.threads)}")
     models, meta = load_models(args)
     checkpoints, described = {label: str(model.path) for label, model in models.items()}, describe_models(models)
+    kinds = {label: model_kind(model) for label, model in models.items()}
     models["simulator_oracle"] = SimulatorOracle(meta)  # the ceiling of the rollout protocol, in every world
     models["constant_velocity"] = ConstantVelocity(next(iter(models.values())).pos_step)
     training = World.from_dict(meta["world"])
@@ -45,7 +46,7 @@ def main():
     save_text(table.to_csv(index=False), args.out_png.with_suffix(".csv"))
     markdown = generalization_markdown(table, sorted({min(10, args.rollout_steps), args.rollout_steps}))
     save_text(markdown, args.out_png.with_suffix(".md"))
-    plot_generalization(table, args.out_png, f"{shown}; {described}", trained)
+    plot_generalization(table, args.out_png, f"{shown}; {described}", trained, kinds)
     print(f"Rollouts of {described}, the simulator oracle and constant velocity, {shown}; training worlds: "
           f"{', '.join(sorted(trained)) or 'none'}")
     print(markdown + f"wrote {args.out_png} and its .csv and .md")

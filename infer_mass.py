@@ -29,7 +29,7 @@ def main():
                    help="table of results (.csv); a Markdown copy is written beside it")
     args = p.parse_args()
     check_writable(args.out_csv, args.out_csv.with_suffix(".md"))
-    print(f"{set_threads(args.threads)} CPU threads")
+    print(f"torch CPU threads: {set_threads(args.threads)}")
     if args.observe_frames < 3:
         raise NPEError(f"--observe_frames must be 3 or more (one window of t-1, t, t+1), got {args.observe_frames}")
     models, meta = load_models(args)

@@ -212,36 +212,49 @@ def set_threads(requested):
     return torch.get_num_threads()
 
 
-PRETRAINED = {"classic": Path("pretrained/npe_classic.pt"), "modern": Path("pretrained/npe_modern.pt")}
+REPO = Path(__file__).resolve().parent.parent  # the repository (an editable install runs from it)
+# The shipped 4-ball checkpoints, shown and compared when no checkpoint is named.
+SHIPPED = [REPO / "pretrained" / name for name in ("npe_classic.pt", "npe_modern.pt", "npe_next_state.pt")]
+SEED_KINDS = ("classic", "modern")  # the seed's --classic_ckpt and --modern_ckpt
 # The rows that compare_rollouts_classic_vs_modern.py and evaluate_generalization.py add beside the checkpoints':
 # no checkpoint may take their label, or its rows and theirs would be one model's.
 BASELINES = ("simulator_oracle", "constant_velocity")
 
 
+def shown_path(path):
+    """`path` relative to the current folder where it lies inside it (pretrained/npe_classic.pt from the
+    repository), else as it is: the default checkpoints resolve from any folder, and print short."""
+    path = Path(path)
+    return path.relative_to(Path.cwd()) if path.is_absolute() and path.is_relative_to(Path.cwd()) else path
+
+
 def add_checkpoint_flags(parser, ckpts_help, required=False):
     """--ckpts and --labels; unless `required`, also --classic_ckpt and --modern_ckpt (the seed's flags), and
-    the shipped pretrained pair when no checkpoint is named. checkpoint_paths() reads them."""
-    default = "" if required else " (default: the shipped pretrained/npe_classic.pt and npe_modern.pt)"
+    the shipped checkpoints (SHIPPED) when no checkpoint is named. checkpoint_paths() reads them."""
+    default = "" if required else (" (default: the shipped pretrained/npe_classic.pt, npe_modern.pt and "
+                                   "npe_next_state.pt)")
     parser.add_argument("--ckpts", type=Path, nargs="+", required=required, default=None,
                         help=f"{ckpts_help}; any kinds, trained in one world{default}")
     parser.add_argument("--labels", nargs="+", default=None,
                         help="one label per checkpoint, in order, for tables, legends, panels and video names "
-                             "(default: the file stems)")
+                             "(default: the file stems; with both --classic_ckpt and --modern_ckpt, classic and "
+                             "modern)")
     if not required:
-        for kind in PRETRAINED:
+        for kind in SEED_KINDS:
             parser.add_argument(f"--{kind}_ckpt", type=Path, default=None,
                                 help=f"a {kind} NPE checkpoint; alone, just that model (same as --ckpts)")
 
 
 def checkpoint_paths(args):
     """[(label, path, kind or None)] of the checkpoints named by add_checkpoint_flags' flags, in order."""
-    named = [(path, kind) for kind in PRETRAINED if (path := getattr(args, f"{kind}_ckpt", None))]
+    named = [(path, kind) for kind in SEED_KINDS if (path := getattr(args, f"{kind}_ckpt", None))]
     if args.ckpts and named:
         raise NPEError("name checkpoints either with --ckpts or with --classic_ckpt / --modern_ckpt, not both")
+    seed_pair = len(named) == len(SEED_KINDS)  # the seed's command, whose videos are named rollout_gt_classic_modern
     if args.ckpts:
         named = [(path, None) for path in args.ckpts]
-    named = named or [(path, None) for path in PRETRAINED.values()]
-    labels = args.labels or [path.stem for path, _ in named]
+    named = named or [(shown_path(path), None) for path in SHIPPED]
+    labels = args.labels or [kind if seed_pair else path.stem for path, kind in named]
     if len(labels) != len(named):
         raise NPEError(f"--labels gives {len(labels)} labels for {len(named)} checkpoints; give one per checkpoint")
     if len(set(labels)) < len(labels):

@@ -7,6 +7,7 @@ fit() is the loop; each thing it does when due (checks, validation, saving, stop
 of its own, working on the Run that prepare() builds and its TrainState. npe/runs.py checks the run's
 files and holds its name while it trains."""
 import argparse
+import contextlib
 import math
 import signal
 import time
@@ -25,8 +26,11 @@ from .data import load_meta, load_split
 from .files import save_text
 from .models import MODELS, data_config, loss, one_step_loss, position_step, size_defaults
 from .runs import claim_run, drop_replaced, run_files, total_steps
+from .threads import ThreadTuner, adaptive_counts, thread_text
 
-CSV_COLUMNS = ["step", "samples_seen", "train_loss", "val_loss", "lr", "elapsed_s"]
+# model and predict say which loss the run logs (a plot labels its axis by them); rows resumed from a run
+# saved before they were logged leave them empty.
+CSV_COLUMNS = ["step", "samples_seen", "train_loss", "val_loss", "lr", "elapsed_s", "model", "predict"]
 # The defaults that differ between the two training scripts (npe.bench measures these recipes too).
 RECIPES = {
     "classic": dict(model="classic", batch_size=50, total_samples=60_000_000, eval_every=2000,
@@ -164,7 +168,7 @@ def make_optimizer(args, params):
 
 
 def write_csv(rows, path):
-    lines = [",".join(CSV_COLUMNS)] + [",".join(str(r[c]) for c in CSV_COLUMNS) for r in rows]
+    lines = [",".join(CSV_COLUMNS)] + [",".join(str(r.get(c, "")) for c in CSV_COLUMNS) for r in rows]
     save_text("\n".join(lines) + "\n", path)
 
 
@@ -232,6 +236,7 @@ class Run:
     csv_path: Path
     saved_args: dict
     state: TrainState
+    threads: ThreadTuner | contextlib.nullcontext  # times each step on the CPU, to adapt torch's threads to the load
 
 
 def train(args):
@@ -258,7 +263,8 @@ def fit(run):
     with StopSignals() as stop, tqdm(total=run.steps, initial=state.step, unit="step", desc=f"train {args.model}",
                                    disable=not distributed.is_main()) as bar:
         while state.step < run.steps:
-            train_step(run, next_batch(run))
+            with run.threads:
+                train_step(run, next_batch(run))
             bar.update()
             stop.agree()
             validating = state.step % args.eval_every == 0 or state.step == run.steps
@@ -296,9 +302,13 @@ def prepare(args, device):
     saved_args = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     saved_args.update(world_size=distributed.world_size(), effective_batch=effective_batch)
     resume = load_resumable(ckpt_path, args, meta) if args.resume else None
+    tuner = contextlib.nullcontext()
     if device.type == "cpu":  # a resumed run keeps its thread count unless told: another one rounds differently
         threads = args.threads or (resume["args"].get("cpu_threads", 0) if resume else 0)
-        saved_args["cpu_threads"] = set_threads(threads)
+        counts = adaptive_counts(threads) if distributed.world_size() == 1 else None
+        chosen = set_threads(threads)  # the count to start from, when it adapts
+        saved_args["cpu_threads"] = 0 if counts else chosen  # 0: adapted to the load again when resumed
+        tuner = ThreadTuner(counts) if counts else tuner
 
     torch.manual_seed(args.seed)
     config = resume["config"] if resume else new_config(args, meta, train_set)
@@ -315,7 +325,7 @@ def prepare(args, device):
               shuffle=torch.Generator(device=device).manual_seed(args.seed),
               noise=torch.Generator(device=device).manual_seed(args.seed + 1),
               steps=steps, effective_batch=effective_batch, ckpt_path=ckpt_path, best_path=best_path,
-              csv_path=csv_path, saved_args=saved_args, state=state)
+              csv_path=csv_path, saved_args=saved_args, state=state, threads=tuner)
     if resume:
         restore(run, resume)
     distributed.seed_per_rank(args.seed, run.state.step)
@@ -370,7 +380,10 @@ def announce(run):
     state, args = run.state, run.args
     verb = f"resuming at step {state.step:,} of" if args.resume else "training for"
     processes = f" x {distributed.world_size()} processes" if distributed.world_size() > 1 else ""
-    threads = f" ({torch.get_num_threads()} CPU threads)" if run.device.type == "cpu" else ""
+    threads = ""
+    if run.device.type == "cpu":
+        adapted = ", adapted to the load" if isinstance(run.threads, ThreadTuner) else ""
+        threads = f" ({thread_text(torch.get_num_threads())}{adapted})"
     parameters = sum(p.numel() for p in run.model.parameters())
     print(f"{args.model} model of the next {args.predict}: {parameters:,} parameters, {len(run.train_set):,} "
           f"train windows; {verb} {run.steps:,} steps of {args.batch_size}{processes} on {run.device}{threads}")
@@ -464,7 +477,8 @@ def validate(run):
     since = state.step - (state.rows[-1]["step"] if state.rows else 0)
     state.rows.append({"step": state.step, "samples_seen": state.seen,
                        "train_loss": f"{state.running.item() / since:.6g}", "val_loss": f"{val:.6g}",
-                       "lr": f"{run.scheduler.get_last_lr()[0]:.6g}", "elapsed_s": f"{time.time() - state.started:.2f}"})
+                       "lr": f"{run.scheduler.get_last_lr()[0]:.6g}", "elapsed_s": f"{time.time() - state.started:.2f}",
+                       "model": run.args.model, "predict": run.args.predict})
     state.running.zero_()
     if main:
         write_csv(state.rows, run.csv_path)

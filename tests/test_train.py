@@ -64,7 +64,8 @@ def test_training_lowers_the_validation_loss_below_its_first_value(run):
 
 
 def test_metrics_csv_has_the_documented_columns(run):
-    assert run.header == ["step", "samples_seen", "train_loss", "val_loss", "lr", "elapsed_s"] == CSV_COLUMNS
+    assert run.header == ["step", "samples_seen", "train_loss", "val_loss", "lr", "elapsed_s", "model",
+                          "predict"] == CSV_COLUMNS
 
 
 def test_metrics_csv_has_a_row_per_validation(run):
