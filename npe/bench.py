@@ -191,8 +191,9 @@ def busy_training(prefix, batch, seconds, threads):
 
 def compete(csv_path, seconds, done):
     """Once training has written its first metrics row: COMPETITOR after a third of `seconds`, then a SIGTERM
-    to this process at `seconds`; the competitor ends when `done` is set. Returns when it started, in seconds
-    after that first row."""
+    to this process at `seconds`, or later once a row has come since the competitor started (a collapsed run
+    may take seconds a step); the competitor ends when `done` is set. Returns when it started, in seconds after
+    that first row."""
     while not csv_path.exists():
         if done.wait(0.01):
             raise RuntimeError("training ended before its first validation")
@@ -200,8 +201,11 @@ def compete(csv_path, seconds, done):
     done.wait(seconds / 3)
     competitor = subprocess.Popen(COMPETITOR)
     try:
-        started = time.monotonic() - first
-        if not done.wait(first + seconds - time.monotonic()):
+        started, rows = time.monotonic() - first, len(csv_path.read_text().splitlines())
+        done.wait(first + seconds - time.monotonic())
+        while not done.is_set() and len(csv_path.read_text().splitlines()) <= rows:
+            done.wait(0.05)
+        if not done.is_set():
             os.kill(os.getpid(), signal.SIGTERM)  # training stops after the step under way
             done.wait()
     finally:

@@ -1,9 +1,10 @@
 """Training's CPU threads follow the load: a simulated machine where two threads run a step in 0.6 of one
 thread's time while it is quiet, and in ten times it once another job holds a core (the collapse measured on
-2 cores). The tuner sees only its clock, as in training."""
+2 cores). The tuner sees only its clock, as in training. And training uses it only when left to choose."""
 import pytest
 import torch
 
+from conftest import CLASSIC, TINY_TRAINING, cli, ok
 from npe.threads import PERIOD_S, WINDOW_S, ThreadTuner, adaptive_counts, thread_text
 
 ONE_THREAD_STEP_S = 0.01
@@ -96,3 +97,18 @@ def test_threads_adapt_only_when_left_to_choose(monkeypatch):
 
 def test_thread_counts_read_in_the_singular_and_the_plural():
     assert thread_text(1) == "1 CPU thread" and thread_text(2) == "2 CPU threads"
+
+
+def test_training_left_to_choose_adapts_and_a_resumed_run_adapts_again(dataset, tmp_path, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1})
+    before = torch.get_num_threads()
+    try:
+        flags = ["--dataset_prefix", dataset, "--name", "run", "--ckpt_dir", tmp_path, "--metrics_csv",
+                 tmp_path / "m.csv", *TINY_TRAINING]
+        ok(cli(CLASSIC, *flags, "--stop_after_steps", 4))
+        assert torch.load(tmp_path / "run.pt", weights_only=True)["args"]["cpu_threads"] == 0  # 0: adapted
+        ok(cli(CLASSIC, *flags, "--resume"))
+        assert torch.load(tmp_path / "run.pt", weights_only=True)["args"]["cpu_threads"] == 0
+    finally:
+        torch.set_num_threads(before)
