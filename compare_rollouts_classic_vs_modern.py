@@ -3,7 +3,9 @@ trained in one world) on fresh scenes and compare their velocities with the trut
 baseline and with the simulator oracle (the simulator's own next velocity from each rolled-out state, the
 ceiling of the velocity protocol):
 cosine similarity and relative magnitude error per step, with 95% bootstrap intervals over the scenes in
-the CSV. Without checkpoint flags: the three shipped 4-ball models (classic, modern and next state)."""
+the CSV, and the physics of each rollout: its kinetic energy against the truth's, balls overlapping or
+through a wall, and its paired difference to the oracle. Without checkpoint flags: the three shipped
+4-ball models (classic, modern and next state)."""
 from pathlib import Path
 
 import pandas as pd
@@ -17,10 +19,11 @@ from npe.files import check_writable, save_text
 from npe.models import one_step_loss
 from npe.plots import model_kind, plot_rollout_metrics
 from npe.rollouts import (ConstantVelocity, SimulatorOracle, chaos_reference, compare, frames_markdown,
-                          one_step_by_frame, results_markdown, summary_text)
+                          one_step_by_frame, physics_markdown, recorded_rows, results_markdown, summary_text)
 
 TABLE_STEPS = (1, 5, 10, 25, 50)  # printed
 RESULT_STEPS = (10, 25, 50)  # in the Markdown results table, with intervals
+PHYSICS_STEPS = (10, 25, 50, 100)  # in the physics table, those the rollout reaches
 
 
 def main():
@@ -50,6 +53,9 @@ def main():
     check_writable(*outputs)  # before the work: a name too long or a read-only folder found after it loses it
     print(f"torch CPU threads: {set_threads(args.threads)}")
     models, meta = load_models(args)
+    box = min(meta["world"]["width"], meta["world"]["height"])
+    if max(args.chaos_px or 0, args.chaos_px_per_frame or 0) > box:  # balls thrown out of the world: no reference
+        raise NPEError(f"--chaos_px and --chaos_px_per_frame must be at most the box's side, {box:g} px")
     if args.test_prefix:  # read before any output is written, so a bad dataset leaves nothing behind
         if args.rollout_steps < max(TABLE_STEPS):
             raise NPEError(f"--test_prefix needs --rollout_steps {max(TABLE_STEPS)} or more for the results table")
@@ -61,7 +67,7 @@ def main():
                  "constant_velocity": ConstantVelocity(next(iter(models.values())).pos_step)}
     named = {**models, **baselines}
     shown = f"{args.num_scenes} fresh scenes (seed {args.seed}) of {World.from_dict(meta['world']).describe()}"
-    table = compare(named, scenes, args.rollout_steps)
+    table = compare(named, scenes, args.rollout_steps, meta)
     if args.chaos_px is not None or args.chaos_px_per_frame is not None:
         table = pd.concat([table, chaos_reference(meta, scenes, args.rollout_steps, args.chaos_px or 0.0,
                                                   args.chaos_px_per_frame or 0.0)], ignore_index=True)
@@ -81,11 +87,16 @@ def main():
         print(f"One-step errors on the test windows of {args.test_prefix}, by what happens in the frame:\n"
               f"{frames_table}wrote {args.out_png.with_suffix('.md')}, {frames_path} and "
               f"{frames_path.with_suffix('.md')}")
+    physics_path, physics = args.out_png.with_name(f"{args.out_png.stem}_physics.md"), physics_markdown(
+        table, [s for s in PHYSICS_STEPS if s <= args.rollout_steps], recorded_rows(scenes, args.rollout_steps, meta))
+    save_text(physics, physics_path)
     plot_rollout_metrics(table, args.out_png, f"{shown}\n{describe_models(models)}",
                          {label: model_kind(model) for label, model in models.items()})
     print(f"Rollouts of {describe_models(models)}, the simulator oracle and constant velocity, on {shown}:")
     print(summary_text(table, TABLE_STEPS))
-    print(f"wrote {args.out_png} and {csv_path}")
+    print(f"\nPhysics: kinetic energy predicted / true, balls overlapping or through a wall (share of frames), "
+          f"and the paired difference in cosine similarity to the simulator oracle:\n{physics}")
+    print(f"wrote {args.out_png}, {csv_path} and {physics_path}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Roll out trained models (NPE, NP, LSTM checkpoints, any mix) in worlds other than the one they
 were trained in (more balls, new obstacle layouts) and compare velocity cosine similarity and relative
 magnitude error per world, with a constant-velocity baseline and the simulator oracle (the ceiling of the
-rollout protocol): the paper's generalization experiments."""
+rollout protocol), with each rollout's kinetic energy against the truth's, its overlapping balls and its
+paired difference to the oracle: the paper's generalization experiments."""
 from pathlib import Path
 
 import pandas as pd
@@ -38,7 +39,8 @@ def main():
     tables = []
     for label, changes in worlds.items():
         scenes = simulate(meta, args.seed, args.num_scenes, args.rollout_steps + 2, **changes)
-        tables.append(compare(runnable(models, scenes.shape[2], label), scenes, args.rollout_steps).assign(world=label))
+        tables.append(compare(runnable(models, scenes.shape[2], label), scenes, args.rollout_steps, meta)
+                      .assign(world=label))
         print(f"{label}: done")
     table = pd.concat(tables, ignore_index=True).assign(
         checkpoint=lambda t: t.model.map(checkpoints).fillna(""), scenes=shown,

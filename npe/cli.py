@@ -78,6 +78,7 @@ def _number(kind, low, inclusive, name, high=math.inf):
 
 positive_int = _number(int, 0, False, "a positive integer")
 nonnegative_int = _number(int, 0, True, "a non-negative integer")
+switch = _number(int, 0, True, "0 (off) or 1 (on)", high=1)  # an option kept in a model config, which holds numbers
 positive_float = _number(float, 0.0, False, "a positive number")
 nonnegative_float = _number(float, 0.0, True, "a non-negative number")
 # Seeds go to numpy's default_rng and torch.manual_seed; training also seeds a generator with seed + 1.

@@ -21,7 +21,7 @@ import inspect
 import torch
 from torch import nn
 
-from .cli import NPEError, fraction, model_size
+from .cli import NPEError, fraction, model_size, switch
 from .config import MASS, NEIGHBOURHOOD_RADII, PAD_MASS, POS, STATE_DIM, VEL, is_ball
 
 FEATURES = 2 * STATE_DIM  # one ball over the two input frames
@@ -36,6 +36,9 @@ class Dynamics(nn.Module):
     dx_scale: 0 for a velocity model; for a next-state model, the std of the position residual
         x(t+1) - x(t) - pos_step v(t+1) in the training data (normalized position units), which the
         network predicts in units of it.
+    conserve_energy: 1 to rescale the predicted velocities of each scene so that the balls' total kinetic
+        energy stays what it was at t: conservation by construction, right for the simulated worlds
+        (elastic balls, static walls and blocks), wrong for a world that loses energy.
     """
 
     kind = None  # the name a checkpoint and --model use
@@ -47,9 +50,10 @@ class Dynamics(nn.Module):
         if "kind" in cls.__dict__:
             MODELS[cls.kind] = cls
 
-    def __init__(self, dv_scale: float, pos_step: float, dx_scale: float = 0.0):
+    def __init__(self, dv_scale: float, pos_step: float, dx_scale: float = 0.0, conserve_energy: int = 0):
         super().__init__()
         self.dv_scale, self.pos_step, self.dx_scale = dv_scale, pos_step, dx_scale
+        self.conserve_energy = conserve_energy
         self.outputs = 4 if dx_scale else 2  # what delta() returns per ball
 
     def accepts(self, num_objects):
@@ -62,6 +66,8 @@ class Dynamics(nn.Module):
         moving = is_ball(frames[:, 1])[..., None]  # [B, N, 1]
         out = self.delta(frames)  # [B, N, outputs]
         vel = (frames[:, 1, :, VEL] + self.dv_scale * out[..., :2]) * moving
+        if self.conserve_energy:
+            vel = keep_energy(frames, vel)
         if not positions:
             return vel
         residual = self.dx_scale * out[..., 2:] * moving if self.dx_scale else 0.0
@@ -73,6 +79,16 @@ class Dynamics(nn.Module):
         raise NotImplementedError
 
 
+def keep_energy(frames, vel):
+    """vel [B, N, 2] at t+1 scaled per scene so that sum(m |v|^2) over the balls is that of frames [B, 2, N, 5]
+    at t. A scene whose prediction has (next to) no energy is left as it is rather than blown up."""
+    mass = frames[:, 1, :, MASS].clamp_min(0)  # [B, N]: blocks 0, padding -1 -> 0
+    before = (mass * frames[:, 1, :, VEL].pow(2).sum(-1)).sum(-1)  # [B]
+    after = (mass * vel.pow(2).sum(-1)).sum(-1)
+    scale = torch.where(after > 1e-12, (before / after.clamp_min(1e-12)).sqrt(), torch.ones_like(after))
+    return vel * scale[:, None, None]
+
+
 def integrate(frames, vel, pos_step):
     """The paper's position rule: frames [B, 2, N, 5], vel [B, N, 2] at t+1 -> x(t) + v(t+1) dt [B, N, 2]."""
     return frames[:, 1, :, POS] + vel * pos_step
@@ -82,29 +98,35 @@ class PairwiseNPE(Dynamics):
     """Shared input features, neighbourhood mask and pair sum of the two NPEs.
 
     neighbourhood: mask radius in normalized position units (3.5 ball radii).
+    relative_velocity: 1 to describe a context object's velocity relative to the focus, as its position is.
     """
 
     dense_pairs = None  # None: encode every pair on a GPU, only the kept ones elsewhere; True / False force it
+    flags = {"relative_velocity": (switch, "1: a context object's velocity is read relative to the focus's"),
+             "conserve_energy": (switch, "1: each scene's predicted velocities are rescaled to keep the balls' "
+                                         "kinetic energy at t (the simulated worlds are elastic)")}
 
-    def __init__(self, neighbourhood: float, dv_scale: float, pos_step: float, dx_scale: float = 0.0):
-        super().__init__(dv_scale, pos_step, dx_scale)
-        self.neighbourhood = neighbourhood
+    def __init__(self, neighbourhood: float, dv_scale: float, pos_step: float, dx_scale: float = 0.0,
+                 relative_velocity: int = 0, conserve_energy: int = 0):
+        super().__init__(dv_scale, pos_step, dx_scale, conserve_energy)
+        self.neighbourhood, self.relative_velocity = neighbourhood, relative_velocity
 
     def features(self, frames):
         """frames [B, 2, N, 5] -> focus [B, N, F], context [B, N, N, F], mask [B, N, N] (focus i, context j);
         F = 10 (two frames of a state) but in the paper-exact model.
 
         The focus is described absolutely (the walls are fixed in the box frame); a context object by
-        its position relative to the focus, its velocity and its mass (0 for a block), so a pair looks
-        the same anywhere. The mask keeps the other objects within the neighbourhood, padding never.
+        its position relative to the focus (and with relative_velocity its velocity too), its velocity
+        and its mass (0 for a block), so a pair looks the same anywhere. The mask keeps the other
+        objects within the neighbourhood, padding never.
         """
         b, _, n, _ = frames.shape
         states = self.describe(frames).permute(0, 2, 1, 3)  # [B, N, 2, F / 2]
         focus = states.reshape(b, n, -1)
-        pos = states[..., POS]  # [B, N, 2, 2]
-        rel = pos[:, None, :, :, :] - pos[:, :, None, :, :]  # [B, i, j, 2, 2]: pos_j - pos_i
-        other = states[:, None, :, :, VEL.start:].expand(b, n, n, 2, -1)  # [B, i, j, 2, F / 2 - 2]
-        context = torch.cat([rel, other], dim=-1).reshape(b, n, n, -1)
+        relative = torch.zeros(states.shape[-1], dtype=states.dtype, device=states.device)
+        relative[:VEL.stop if self.relative_velocity else POS.stop] = 1  # the features read as x_j - x_i
+        # One broadcast subtraction, x_j - relative * x_i; 0 * x_i leaves x_j exactly as it was.
+        context = (states[:, None] - states[:, :, None] * relative).reshape(b, n, n, -1)  # [B, i, j, F]
         centres = self.mask_centres(frames)  # [B, N, 2]
         dist = (centres[:, None, :] - centres[:, :, None]).norm(dim=-1)  # [B, i, j]
         eye = torch.eye(n, dtype=torch.bool, device=frames.device)
@@ -158,11 +180,12 @@ class ClassicNPE(PairwiseNPE):
     """
 
     kind, run_name = "classic", "npe_classic"
+    flags = {**PairwiseNPE.flags, "hidden": (model_size, "width of the pairwise encoder and decoder layers")}
     raw_focus = False  # whether the decoder sees the focus object's state rather than its encoding
 
     def __init__(self, neighbourhood, dv_scale, pos_step, dx_scale=0.0, object_dim=25, hidden=50, enc_layers=5,
-                 dec_layers=5, features=FEATURES):
-        super().__init__(neighbourhood, dv_scale, pos_step, dx_scale)
+                 dec_layers=5, features=FEATURES, relative_velocity=0, conserve_energy=0):
+        super().__init__(neighbourhood, dv_scale, pos_step, dx_scale, relative_velocity, conserve_energy)
         self.focus_in = mlp([features, object_dim], True)
         self.context_in = mlp([features, object_dim], True)
         self.encoder = mlp([2 * object_dim] + [hidden] * enc_layers, True)
@@ -190,9 +213,9 @@ class PaperNPE(ClassicNPE):
     raw_focus = True
 
     def __init__(self, neighbourhood, dv_scale, pos_step, masses, dx_scale=0.0, object_dim=25, hidden=50,
-                 enc_layers=5, dec_layers=5):
+                 enc_layers=5, dec_layers=5, relative_velocity=0, conserve_energy=0):
         super().__init__(neighbourhood, dv_scale, pos_step, dx_scale, object_dim, hidden, enc_layers, dec_layers,
-                         features=2 * (MASS + len(masses)))
+                         2 * (MASS + len(masses)), relative_velocity, conserve_energy)
         self.masses = list(masses)
 
     def describe(self, frames):
@@ -222,15 +245,15 @@ class ModernNPE(PairwiseNPE):
     """The same encode, sum, decode structure from pre-norm residual MLP blocks."""
 
     kind, run_name = "modern", "npe_modern"
-    flags = {"msg_dim": (model_size, "width of messages and residual stream"),
+    flags = {**PairwiseNPE.flags, "msg_dim": (model_size, "width of messages and residual stream"),
              "enc_blocks": (model_size, "residual blocks in the pairwise encoder"),
              "dec_blocks": (model_size, "residual blocks in the decoder"),
              "expansion": (model_size, "MLP hidden width = msg_dim x expansion"),
              "dropout": (fraction, "dropout inside residual blocks")}
 
     def __init__(self, neighbourhood, dv_scale, pos_step, dx_scale=0.0, msg_dim=96, enc_blocks=3, dec_blocks=3,
-                 expansion=2, dropout=0.0):
-        super().__init__(neighbourhood, dv_scale, pos_step, dx_scale)
+                 expansion=2, dropout=0.0, relative_velocity=0, conserve_energy=0):
+        super().__init__(neighbourhood, dv_scale, pos_step, dx_scale, relative_velocity, conserve_energy)
         self.focus_in = nn.Linear(FEATURES, msg_dim)
         self.context_in = nn.Linear(FEATURES, msg_dim)
         self.encoder = nn.Sequential(*[ResidualBlock(msg_dim, expansion, dropout) for _ in range(enc_blocks)],
@@ -330,12 +353,18 @@ def step_errors(model, frames, target, dv_scale=1.0, dx_scale=0.0):
     balls [B, N]. The one definition of the loss: training, validation, the test MSE and mass inference
     reduce it.
     """
-    balls = is_ball(frames[:, 1])
     if not dx_scale:
+        balls = is_ball(frames[:, 1])
         return (model(frames) - target[..., VEL]).pow(2).mean(-1) * balls / dv_scale**2, balls
-    pred = model(frames, positions=True)  # [B, N, 4]
-    errors = ((pred[..., 2:] - target[..., VEL]).pow(2).mean(-1) / dv_scale**2
-              + (pred[..., :2] - target[..., POS]).pow(2).mean(-1) / dx_scale**2)
+    return prediction_errors(model(frames, positions=True), frames, target, dv_scale, dx_scale)
+
+
+def prediction_errors(pred, frames, target, dv_scale, dx_scale):
+    """step_errors of a next-state prediction pred [B, N, 4] from frames [B, 2, N, 5]."""
+    balls = is_ball(frames[:, 1])
+    errors = (pred[..., 2:] - target[..., VEL]).pow(2).mean(-1) / dv_scale**2
+    if dx_scale:
+        errors = errors + (pred[..., :2] - target[..., POS]).pow(2).mean(-1) / dx_scale**2
     return errors * balls, balls
 
 

@@ -1,4 +1,6 @@
 """Autoregressive rollouts and the metrics that compare them with the truth."""
+import math
+
 import numpy as np
 import pandas as pd
 import torch
@@ -27,7 +29,13 @@ def rollout(model, frames, steps):
 
 def step(model, window):
     """One rollout step: window [B, 2, N, 5] (t-1, t) -> [B, 2, N, 5] (t, predicted t+1)."""
-    state = torch.cat([model(window, positions=True), window[:, 1, :, MASS:]], dim=-1)  # [B, N, 5]
+    return advance(window, model(window, positions=True))
+
+
+def advance(window, pred):
+    """window [B, 2, N, 5] (t-1, t) and the predicted positions and velocities at t+1 pred [B, N, 4] -> the
+    next window [B, 2, N, 5] (t, t+1), masses carried over."""
+    state = torch.cat([pred, window[:, 1, :, MASS:]], dim=-1)  # [B, N, 5]
     return torch.stack([window[:, 1], state], dim=1)
 
 
@@ -70,7 +78,7 @@ class ConstantVelocity(VelocityRule):
         return frames[:, 1, :, VEL]
 
 
-def velocity_metrics(pred, truth):
+def velocity_metrics(pred, truth, scene_sums=None):
     """pred, truth [B, T, N, 5] -> {metric: [T]}: cosine similarity, relative magnitude error (mean,
     median), and the 95% intervals of the two means (their _low and _high) over the scenes.
 
@@ -90,6 +98,8 @@ def velocity_metrics(pred, truth):
     for name, values in (("cosine_similarity", cos), ("relative_magnitude_error", rel)):
         sums = (values.double() * moving[:, None]).sum(-1)  # [B, T]
         metrics[f"{name}_low"], metrics[f"{name}_high"] = bootstrap_interval(sums, counts)
+        if scene_sums is not None:
+            scene_sums[name] = sums
     return metrics
 
 
@@ -103,16 +113,92 @@ def bootstrap_interval(sums, counts, draws=1000):
     return torch.quantile(torch.cat(means), torch.tensor([0.025, 0.975], dtype=sums.dtype), dim=0)
 
 
-def compare(models, scenes, steps):
-    """models {name: model}, scenes [S, 2 + steps, N, 5] -> DataFrame of per-step metrics."""
+def compare(models, scenes, steps, meta=None):
+    """models {name: model}, scenes [S, 2 + steps, N, 5] -> DataFrame of per-step metrics: velocity_metrics;
+    with the scenes' dataset metadata `meta` also physics_metrics; and where one of the models is named
+    "simulator_oracle", each model's paired difference to it (paired_differences)."""
     start, truth = scenes[:, :2], scenes[:, 2:2 + steps]
-    return pd.concat([metric_rows(name, velocity_metrics(rollout(model, start, steps), truth))
-                      for name, model in models.items()], ignore_index=True)
+    rows, sums = [], {}
+    for name, model in models.items():
+        pred = rollout(model, start, steps)
+        metrics = velocity_metrics(pred, truth, sums.setdefault(name, {}))
+        if meta is not None:
+            metrics.update(physics_metrics(pred, truth, meta))
+        rows.append(metric_rows(name, metrics))
+    table = pd.concat(rows, ignore_index=True)
+    if "simulator_oracle" not in models:
+        return table
+    counts = is_ball(scenes[:, 1]).sum(-1).double()  # [S]
+    return table.merge(paired_differences(sums, "simulator_oracle", counts), on=["model", "step"], how="left")
+
+
+def paired_differences(sums, reference, counts):
+    """Each model's mean minus the reference model's, per step, with a 95% interval from resampling whole
+    scenes (both rollouts of a scene drawn together, so what the scenes share cancels): sums {model:
+    {metric: [S, T] per-scene sums over balls}}, counts [S] -> DataFrame rows (model, step, METRIC_vs_REF,
+    its _low and _high) for cosine similarity and relative magnitude error."""
+    rows = []
+    for name, metrics in sums.items():
+        if name == reference:
+            continue
+        row = {"model": name, "step": range(1, next(iter(metrics.values())).shape[1] + 1)}
+        for metric, values in metrics.items():
+            diff = values - sums[reference][metric]  # [S, T]
+            column = f"{metric}_vs_{reference}"
+            row[column] = (diff.sum(0) / counts.sum()).tolist()
+            low, high = bootstrap_interval(diff, counts)
+            row[f"{column}_low"], row[f"{column}_high"] = low.tolist(), high.tolist()
+        rows.append(pd.DataFrame(row))
+    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=["model", "step"])
+
+
+def kinetic_energy(states):
+    """states [..., N, 5] (normalized) -> [...]: sum of m |v|^2 over the balls, in normalized units."""
+    return (states[..., MASS].clamp_min(0) * states[..., VEL].pow(2).sum(-1)).sum(-1)
+
+
+def penetrations(states, meta):
+    """states [B, T, N, 5] (normalized) -> (overlap [B, T], through [B, T]) in px: the deepest overlap of two
+    balls in each frame, and the deepest that a ball reaches through a wall of the box or into a block
+    (0 where nothing overlaps). Blocks are the objects of mass 0, squares of side world.block_size."""
+    world = World.from_dict(meta["world"])
+    px = states[..., POS].double() * meta["state_scale"][0]  # [B, T, N, 2]
+    balls, blocks = is_ball(states), states[..., MASS] == 0  # [B, T, N]
+    n = states.shape[-2]
+    eye = torch.eye(n, dtype=torch.bool)
+    apart = (px[..., None, :, :] - px[..., :, None, :]).norm(dim=-1)  # [B, T, N, N]
+    pairs = balls[..., None, :] & balls[..., :, None] & ~eye
+    overlap = torch.where(pairs, 2 * world.radius - apart, 0.0).amax((-1, -2)).clamp_min(0)
+    size = px.new_tensor([world.width, world.height])
+    walls = torch.maximum(world.radius - px, px + world.radius - size).amax(-1)  # [B, T, N]: depth past a wall
+    # Signed distance from each ball's centre to each block's square: negative inside it.
+    q = (px[..., :, None, :] - px[..., None, :, :]).abs() - world.block_size / 2  # [B, T, ball, block, 2]
+    signed = q.clamp_min(0).norm(dim=-1) + q.amax(-1).clamp_max(0)  # [B, T, N, N]
+    into = torch.where(blocks[..., None, :], world.radius - signed, -math.inf).amax(-1)  # [B, T, N]
+    through = torch.where(balls, torch.maximum(walls, into), 0.0).amax(-1).clamp_min(0)
+    return overlap, through
+
+
+PENETRATION_PX = 1.0  # a frame counts as overlapping (or through a wall) past this depth: rounding is not overlap
+
+
+def physics_metrics(pred, truth, meta):
+    """pred, truth [B, T, N, 5] -> {metric: [T]}: the balls' total kinetic energy predicted / true per scene
+    (mean, 5th and 95th percentile over the scenes), and the share of scenes whose predicted frame has two
+    balls overlapping, or a ball through a wall or into a block, by more than PENETRATION_PX, with the
+    deepest of each in px. The simulated balls are elastic: the truth keeps its energy within about 1%."""
+    ratio = (kinetic_energy(pred) / kinetic_energy(truth).clamp_min(1e-12)).double()  # [B, T]
+    low, high = torch.quantile(ratio, torch.tensor([0.05, 0.95], dtype=ratio.dtype), dim=0)
+    overlap, through = penetrations(pred, meta)
+    return {"energy_ratio": ratio.mean(0), "energy_ratio_p5": low, "energy_ratio_p95": high,
+            "overlap_share": (overlap > PENETRATION_PX).double().mean(0), "overlap_deepest_px": overlap.amax(0),
+            "through_wall_share": (through > PENETRATION_PX).double().mean(0),
+            "through_wall_deepest_px": through.amax(0)}
 
 
 def metric_rows(name, metrics):
     """velocity_metrics() of `name` as DataFrame rows, one per step."""
-    return pd.DataFrame({"model": name, "step": range(1, len(metrics["cosine_similarity"]) + 1),
+    return pd.DataFrame({"model": name, "step": range(1, len(next(iter(metrics.values()))) + 1),
                          **{k: v.tolist() for k, v in metrics.items()}})
 
 
@@ -218,6 +304,41 @@ def results_markdown(table, steps, test_mse):
     return markdown_table(head + ["1-step test MSE"], lines)
 
 
+def recorded_rows(scenes, steps, meta):
+    """physics_metrics rows of the recorded scenes [S, 2 + steps, N, 5] themselves, named "simulator
+    (recorded)": their energy against that at t, how far the simulator lets balls overlap."""
+    truth = scenes[:, 2:2 + steps]
+    return metric_rows("simulator (recorded)", physics_metrics(truth, scenes[:, 1:2].expand_as(truth), meta))
+
+
+def physics_markdown(table, steps, truth=None):
+    """compare() rows (with physics_metrics) -> a Markdown table: per model, the kinetic-energy ratio
+    predicted / true at `steps` (mean [5th, 95th percentile] over scenes), the share of all its rolled-out
+    frames with balls overlapping and with a ball through a wall or block (deepest in px), and its paired
+    difference in cosine similarity to the simulator oracle at `steps` [95% interval]. `truth`: the same
+    rows of the recorded scenes themselves (physics_metrics(truth, truth)), shown first."""
+    head = (["model"] + [f"energy@{s} [5%, 95%]" for s in steps] + ["overlap > 1 px (deepest)", "through wall (deepest)"]
+            + [f"cos@{s} − oracle [95%]" for s in steps])
+    frames = [truth] if truth is not None else []
+    lines = []
+    for name, rows in pd.concat([*frames, table]).groupby("model", sort=False):
+        if rows.energy_ratio.isna().all():  # a row without physics, such as the chaos reference
+            continue
+        at = rows.set_index("step")
+        cells = [name.replace("_", " ")]
+        cells += [f"{at.energy_ratio[s]:.3f} [{at.energy_ratio_p5[s]:.2f}, {at.energy_ratio_p95[s]:.2f}]" for s in steps]
+        cells += [f"{rows[f'{what}_share'].mean():.2%} ({rows[f'{what}_deepest_px'].max():.1f} px)"
+                  for what in ("overlap", "through_wall")]
+        column = "cosine_similarity_vs_simulator_oracle"
+        if column in at and at[column].notna().all():
+            cells += [f"{at[column][s]:+.3f} [{at[f'{column}_low'][s]:+.3f}, {at[f'{column}_high'][s]:+.3f}]"
+                      for s in steps]
+        else:
+            cells += ["–"] * len(steps)
+        lines.append(cells)
+    return markdown_table(head, lines)
+
+
 def markdown_table(head, rows):
     """A Markdown table from column names and rows of cell strings."""
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -225,13 +346,19 @@ def markdown_table(head, rows):
 
 
 def generalization_markdown(table, steps):
-    """compare() rows with a world column -> a Markdown table: per world and model, cosine similarity
-    and relative magnitude error (mean / median) at `steps`."""
-    head = ["world", "model"] + [f"cos@{s}" for s in steps] + [f"rel.err@{s} mean / median" for s in steps]
+    """compare() rows (with physics_metrics and the oracle's paired differences) with a world column -> a
+    Markdown table: per world and model, cosine similarity and relative magnitude error (mean / median) at
+    `steps`; at the last step the kinetic-energy ratio and the paired difference in cosine similarity to the
+    simulator oracle [95% interval]; and the share of rolled-out frames with balls overlapping."""
+    last, column = steps[-1], "cosine_similarity_vs_simulator_oracle"
+    head = (["world", "model"] + [f"cos@{s}" for s in steps] + [f"rel.err@{s} mean / median" for s in steps]
+            + [f"energy@{last}", f"cos@{last} − oracle [95%]", "overlap > 1 px"])
     lines = []
     for (world, model), rows in table.groupby(["world", "model"], sort=False):
         at = rows.set_index("step").loc[list(steps)]
         cells = [world, model.replace("_", " ")] + [f"{c:.3f}" for c in at.cosine_similarity]
-        lines.append(cells + [f"{m:.3f} / {d:.3f}" for m, d in zip(at.relative_magnitude_error,
-                                                                    at.relative_magnitude_error_median)])
+        cells += [f"{m:.3f} / {d:.3f}" for m, d in zip(at.relative_magnitude_error, at.relative_magnitude_error_median)]
+        difference = (f"{at[column][last]:+.3f} [{at[f'{column}_low'][last]:+.3f}, {at[f'{column}_high'][last]:+.3f}]"
+                      if model != "simulator_oracle" else "–")
+        lines.append(cells + [f"{at.energy_ratio[last]:.3f}", difference, f"{rows.overlap_share.mean():.2%}"])
     return markdown_table(head, lines)
