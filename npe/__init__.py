@@ -10,6 +10,8 @@ worker processes) does not load torch.
 """
 import importlib
 
+from . import cli  # noqa: F401 - first, so that a Ctrl-C while torch loads is one line in the scripts
+
 __version__ = "0.1.0"
 _PUBLIC = {"load_model": "checkpoint", "rollout": "rollouts", "simulate": "data", "load_dataset": "data"}
 __all__ = [*_PUBLIC, "__version__"]

@@ -69,7 +69,8 @@ def checkpoint_problem(ckpt):
                                                      and all(finite_number(x) for x in v))]:
         return f"config field {shown(bad[0])} is {shown(config[bad[0]])}, not a finite number (or a list of them)"
     if large := [k for k, v in config.items() if isinstance(v, int) and v > MAX_MODEL_SIZE]:
-        return f"config field {shown(large[0])} is {config[large[0]]:,}, more than any size of a model ({MAX_MODEL_SIZE:,})"
+        return (f"config field {shown(large[0])} is {config[large[0]]:,}, more than any size of a model "
+                f"({MAX_MODEL_SIZE:,})")
     if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
         return "state_dict is not a dict of tensors"
     if bad := [k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()]:
@@ -93,9 +94,10 @@ def build_checked(kind, config, weights=None, source="the size flags"):
         shapes = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
         if differ := sorted(shapes.keys() ^ weights.keys()) or [k for k in shapes if shapes[k] != weights[k].shape]:
             key = differ[0]
-            found = tuple(weights[key].shape) if key in weights else "missing"
-            raise NPEError(f"{source} does not match its model config: tensor {shown(key)} is "
-                           f"{shapes.get(key, 'not in the model')} in its config's model, {found} in the file")
+            model, file = (f"{shapes[key]}" if key in shapes else "absent",
+                           f"{tuple(weights[key].shape)}" if key in weights else "absent")
+            raise NPEError(f"{source} does not match its model config: tensor {shown(key)} is {model} in the model "
+                           f"its config builds, {file} in the file")
     model = build_model(kind, config)
     if weights is not None:
         model.load_state_dict(weights)

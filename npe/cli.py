@@ -10,6 +10,21 @@ import threading
 import time
 from pathlib import Path
 
+
+def _interrupted_while_loading(kind, value, traceback, previous=sys.excepthook):
+    """Ctrl-C in a script of this repository before run_cli takes over (while torch loads, which takes
+    seconds): the one line run_cli prints, not a traceback of the import it stopped. Any other exception,
+    and a Ctrl-C in any other program that imports npe, is printed as Python prints it."""
+    main = getattr(sys.modules.get("__main__"), "__file__", None)
+    script = main and Path(main).resolve().parent == Path(__file__).resolve().parents[1]
+    if issubclass(kind, KeyboardInterrupt) and script:
+        print("error: interrupted; no output was left half-written", file=sys.stderr)
+    else:
+        previous(kind, value, traceback)
+
+
+sys.excepthook = _interrupted_while_loading  # npe/__init__.py imports this module first, before torch
+
 from .config import LAYOUTS, MAX_BALLS, MAX_MODEL_SIZE, MAX_STEPS, MAX_THREADS, World
 
 
@@ -44,10 +59,17 @@ class _ShowDefaults(argparse.ArgumentDefaultsHelpFormatter):
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse with one-line errors and every default shown in --help."""
+    """argparse with one-line errors and every default shown in --help; an argument holding a control
+    character (a newline in a name) is refused, since every name a user gives may end up in a message or a
+    file name, and a message must stay one line."""
 
     def __init__(self, **kwargs):
         super().__init__(formatter_class=_ShowDefaults, **kwargs)
+
+    def parse_known_args(self, args=None, namespace=None):
+        if bad := [arg for arg in (sys.argv[1:] if args is None else args) if not str(arg).isprintable()]:
+            self.error(f"argument {bad[0]!r} holds a control character (a newline, a tab); remove it")
+        return super().parse_known_args(args, namespace)
 
     def error(self, message):
         print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
@@ -261,6 +283,9 @@ def checkpoint_paths(args):
     if len(set(labels)) < len(labels):
         raise NPEError(f"two checkpoints would share the label {max(labels, key=labels.count)!r}; "
                        f"tell them apart with --labels")
+    if bad := [label for label in labels if not label.strip() or "|" in label or not label.isprintable()]:
+        raise NPEError(f"the label {bad[0]!r} is blank or holds a | or a control character, which would leave a row of "
+                       f"the tables unnamed or break it; pick another with --labels")
     if taken := [label for label in labels if label in BASELINES]:
         raise NPEError(f"the label {taken[0]!r} is the name of a baseline whose rows the tables hold too; give "
                        f"that checkpoint another one with --labels")

@@ -190,8 +190,9 @@ def merge_shards(out_prefix):
     before writing anything; returns the metadata."""
     prefix = Path(out_prefix)
     found = {}  # num_shards: shard indices
-    for path in prefix.parent.glob(f"{prefix.name}_shard*of*.pt"):
-        if match := re.fullmatch(rf"{re.escape(prefix.name)}_shard(\d+)of(\d+)\.pt", path.name):
+    names = [path.name for path in prefix.parent.iterdir()] if prefix.parent.is_dir() else []
+    for name in names:  # matched as text, not as a glob: a prefix may hold [, ? or *
+        if match := re.fullmatch(rf"{re.escape(prefix.name)}_shard(\d+)of(\d+)\.pt", name):
             found.setdefault(int(match[2]), set()).add(int(match[1]))
     if not found:
         raise NPEError(f"no dataset shards {prefix}_shard*of*.pt found ({SHARD_HINT})")
@@ -404,6 +405,8 @@ def simulate(meta, seed, num_scenes, num_frames, workers=None, **changes):
     """
     if seed == meta["seed"]:
         raise NPEError(f"--seed {seed} is the seed of the training data; pick another one for fresh scenes")
+    if min(num_scenes, num_frames) < 1:  # 0 frames would have given the world's default number
+        raise NPEError(f"{num_scenes} scenes of {num_frames} frames: ask for at least one of each")
     if num_scenes * num_frames > MAX_FRAMES:
         raise NPEError(f"{num_scenes:,} scenes of {num_frames:,} frames are more than the {MAX_FRAMES:,} frames "
                        f"simulated at once; ask for fewer scenes or steps")

@@ -10,7 +10,7 @@ from .checkpoint import load_checkpoint
 from .cli import NPEError
 from .config import SPLITS
 from .data import meta_path, split_path
-from .files import check_writable
+from .files import check_writable, first_line
 
 
 def total_steps(total_samples, effective_batch):
@@ -71,7 +71,12 @@ def check_paths(args):
              "the metrics CSV": csv_path, "the metrics CSV's lock file": csv_lock(csv_path)}
     seen = {}
     for role, path in roles.items():
-        if (other := seen.setdefault(path.resolve(), role)) != role:
+        try:
+            where = path.resolve()
+        except (OSError, RuntimeError) as err:  # RuntimeError: a symlink loop
+            raise NPEError(f"cannot use {path} as {role}: {first_line(err)}; change --ckpt_dir, --name or "
+                           f"--metrics_csv") from None
+        if (other := seen.setdefault(where, role)) != role:
             raise NPEError(f"{role} would be {other} ({path}); change --metrics_csv, --name or --ckpt_dir")
     check_writable(ckpt_path, best_path, csv_path)
 

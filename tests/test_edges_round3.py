@@ -11,6 +11,7 @@ import textwrap
 import pytest
 import torch
 
+import npe.cli
 import npe.data
 import npe.files
 from conftest import CHILD_ENV, CLASSIC, MODERN, REPO, cli, is_one_error_line, ok
@@ -94,8 +95,8 @@ def test_label_that_is_a_baselines_name_is_refused(script, label, checkpoints, t
 
 def test_checkpoint_file_named_as_a_baseline_needs_a_label(checkpoints, tmp_path):
     ckpt = shutil.copy(checkpoints["classic"][0], tmp_path / "constant_velocity.pt")
-    refused(cli(COMPARE, "--ckpts", ckpt, "--num_scenes", 1, "--rollout_steps", 2, "--out_png", tmp_path / "o" / "r.png"),
-            "--labels")
+    refused(cli(COMPARE, "--ckpts", ckpt, "--num_scenes", 1, "--rollout_steps", 2,
+                "--out_png", tmp_path / "o" / "r.png"), "--labels")
     ok(cli(COMPARE, "--ckpts", ckpt, "--labels", "mine", "--num_scenes", 1, "--rollout_steps", 2,
            "--out_png", tmp_path / "o" / "r.png"))
 
@@ -174,7 +175,7 @@ def crafted(checkpoints, tmp_path, change):
 
 @pytest.mark.parametrize("changes, named", [({"enc_layers": 10**9}, "enc_layers"),
                                             ({"hidden": 4096, "enc_layers": 4096}, "parameters"),
-                                            ({"hidden": 60}, "tensor 'encoder.0.weight' is (60, 50)")],
+                                            ({"hidden": 60}, "tensor 'encoder.0.weight' is (60, 50) in the model")],
                          ids=["a billion layers", "too many parameters", "weights of another size"])
 def test_checkpoint_whose_config_does_not_fit_its_tensors_is_refused_before_building(changes, named, checkpoints,
                                                                                      tmp_path):
@@ -260,3 +261,53 @@ def test_a_hung_test_is_named_and_ends_the_run_under_the_suites_settings(tmp_pat
                              "-o", "faulthandler_timeout=2", "-p", "no:cacheprovider", tmp_path / "test_hangs.py"],
                             cwd=tmp_path, env=CHILD_ENV, capture_output=True, text=True, timeout=50)
     assert result.returncode != 0 and "Timeout" in result.stderr and "in test_that_hangs" in result.stderr
+
+
+# 7. Found by the attack --------------------------------------------------------------------------------------
+
+def test_shards_whose_prefix_holds_glob_characters_merge(tmp_path):
+    prefix = tmp_path / "b[1]*?"
+    for shard in range(2):
+        generate_dataset(prefix, 3, 0, workers=1, shard=shard, num_shards=2)
+    assert merge_shards(prefix)["scenes"] == {"train": 1, "val": 1, "test": 1}
+
+
+@pytest.mark.parametrize("label", ["a|b", " "], ids=["a pipe", "blank"])
+def test_label_that_would_break_or_leave_unnamed_a_table_row_is_refused(label, checkpoints, tmp_path):
+    refused(cli(COMPARE, "--ckpts", checkpoints["classic"][0], "--labels", label, "--num_scenes", 1,
+                "--rollout_steps", 2, "--out_png", tmp_path / "r.png"), "--labels")
+
+
+@pytest.mark.parametrize("script, flag", [(CLASSIC, "--name"), ("generate_dataset_4ball.py", "--out_prefix"),
+                                          (COMPARE, "--labels")])
+def test_argument_with_a_newline_is_refused_so_that_messages_stay_one_line(script, flag, tmp_path):
+    refused(cli(script, flag, f"{tmp_path}/a\nb"), "control character")
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("num_scenes, num_frames", [(0, 5), (2, 0)])
+def test_simulate_asked_for_no_scenes_or_frames_is_refused(num_scenes, num_frames, checkpoints):
+    with pytest.raises(NPEError, match="at least one of each"):
+        npe.data.simulate(load_model(checkpoints["classic"][0]).meta, 1, num_scenes, num_frames)
+
+
+@pytest.mark.parametrize("flag", ["--chaos_px", "--chaos_px_per_frame"])
+def test_chaos_noise_wider_than_the_box_is_refused(flag, checkpoints, tmp_path):
+    refused(cli(COMPARE, "--ckpts", checkpoints["classic"][0], flag, "1e308", "--num_scenes", 1, "--rollout_steps", 2,
+                "--out_png", tmp_path / "r.png"), "box")
+
+
+def test_ckpt_dir_in_a_symlink_loop_is_one_error_line(dataset, tmp_path):
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    refused(cli(CLASSIC, *run_flags(dataset, tmp_path / "loop")), "Symlink loop")
+
+
+@pytest.mark.parametrize("main, one_line", [(REPO / "merge_dataset_shards.py", True), (REPO / "tests" / "x.py", False)],
+                         ids=["a script of the repository", "another program"])
+def test_ctrl_c_before_run_cli_is_one_line_in_the_scripts_only(main, one_line, monkeypatch, capsys):
+    shown = []
+    monkeypatch.setattr(sys.modules["__main__"], "__file__", str(main), raising=False)
+    npe.cli._interrupted_while_loading(KeyboardInterrupt, KeyboardInterrupt(), None,
+                                       previous=lambda *exc: shown.append(exc))
+    assert (capsys.readouterr().err == "error: interrupted; no output was left half-written\n") == one_line
+    assert bool(shown) != one_line
