@@ -45,6 +45,8 @@ RECIPES = {
 # refuses to continue a run with different ones.
 RESUME_FLAGS = ["model", "predict", "total_samples", "optimizer", "lr", "weight_decay", "schedule", "warmup_frac",
                 "max_grad_norm", "noise_std", "pushforward", "unroll", "seed", "amp"]
+# Flags added after runs were saved without them: such a run trained as their value here.
+ADDED_FLAGS = {"predict": "velocity", "pushforward": 0, "unroll": 1}
 
 
 def train_parser(recipe, description):
@@ -360,11 +362,11 @@ def load_resumable(path, args, meta):
         if ckpt["meta"].get(key) != meta.get(key):
             raise NPEError(f"{path} was trained on other data ({key}: {ckpt['meta'].get(key)} vs "
                            f"{meta.get(key)} in {args.dataset_prefix}); resume with its --dataset_prefix")
-    saved = ckpt["args"]
+    saved = {**ADDED_FLAGS, **ckpt["args"]}
     changed = [f"--{k} was {saved.get(k)}, now {getattr(args, k)}" for k in RESUME_FLAGS
                if saved.get(k) != getattr(args, k)]
-    changed += [f"--{k} was {ckpt['config'].get(k)}, now {v}" for k, v in model_sizes(args).items()
-                if ckpt["config"].get(k) != v]
+    sizes = {**size_defaults(args.model), **ckpt["config"]}  # a size added since the run was saved: its default
+    changed += [f"--{k} was {sizes.get(k)}, now {v}" for k, v in model_sizes(args).items() if sizes.get(k) != v]
     if saved.get("effective_batch") != args.batch_size * distributed.world_size():
         changed.append(f"the effective batch (--batch_size x processes) was {saved.get('effective_batch')} "
                        f"({saved.get('batch_size')} x {saved.get('world_size')}), now "

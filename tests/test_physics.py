@@ -1,8 +1,12 @@
 """Physics in the models and the metrics: energy kept by construction, relative velocities, overlaps and
 wall penetrations measured in px, paired differences to a reference, and training through unrolled steps."""
+import csv
+import math
+
 import pytest
 import torch
 
+from conftest import CLASSIC, cli, is_one_error_line, ok
 from npe.config import MASS, POS, VEL, World, state_scale
 from npe.data import simulate
 from npe.models import build_model, data_config
@@ -106,3 +110,43 @@ def test_chains_of_windows_start_early_enough_to_stay_in_their_scene():
     starts = chain_starts(torch.arange(20), per_scene=10, length=3)
     assert (starts % 10 + 3 <= 10).all()
     assert torch.equal(starts[:8], torch.arange(8)) and (starts // 10 == torch.arange(20) // 10).all()
+
+
+def run_flags(dataset, folder, *extra):
+    return ["--dataset_prefix", dataset, "--name", "run", "--ckpt_dir", folder, "--metrics_csv", folder / "m.csv",
+            "--total_samples", 1000, "--batch_size", 100, "--eval_every", 5, "--device", "cpu", "--threads", 1, *extra]
+
+
+def test_an_unrolled_next_state_run_with_relative_velocities_trains_and_saves_its_options(dataset, tmp_path):
+    flags = ["--predict", "state", "--unroll", 3, "--relative_velocity", 1, "--conserve_energy", 1, "--hidden", 20]
+    ok(cli(CLASSIC, *run_flags(dataset, tmp_path, *flags)))
+    ckpt = torch.load(tmp_path / "run.pt", weights_only=True)
+    assert ckpt["args"]["unroll"] == 3
+    assert {k: ckpt["config"][k] for k in ("relative_velocity", "conserve_energy", "hidden")} == \
+        {"relative_velocity": 1, "conserve_energy": 1, "hidden": 20}
+    rows = list(csv.DictReader(open(tmp_path / "m.csv", newline="")))
+    assert all(math.isfinite(float(row["train_loss"])) for row in rows)
+
+
+def test_a_run_saved_before_a_flag_existed_resumes_as_that_flags_default(dataset, tmp_path):
+    ok(cli(CLASSIC, *run_flags(dataset, tmp_path), "--stop_after_steps", 5))
+    ckpt = torch.load(tmp_path / "run.pt", weights_only=True)
+    for key in ("unroll", "pushforward", "predict"):
+        del ckpt["args"][key]
+    for key in ("relative_velocity", "conserve_energy", "hidden"):
+        del ckpt["config"][key]
+    torch.save(ckpt, tmp_path / "run.pt")
+    ok(cli(CLASSIC, *run_flags(dataset, tmp_path), "--resume"))
+    assert torch.load(tmp_path / "run.pt", weights_only=True)["train_state"]["step"] == 10
+    status, lines = cli(CLASSIC, *run_flags(dataset, tmp_path, "--unroll", 2), "--resume")
+    assert status == 2 and is_one_error_line(lines) and "--unroll" in lines[0], lines
+
+
+def test_an_unroll_longer_than_a_scene_is_refused(dataset, tmp_path):
+    status, lines = cli(CLASSIC, *run_flags(dataset, tmp_path, "--unroll", 500))
+    assert status == 2 and is_one_error_line(lines) and "--unroll" in lines[0], lines
+
+
+def test_a_model_without_pairs_refuses_the_pair_options(dataset, tmp_path):
+    status, lines = cli(CLASSIC, *run_flags(dataset, tmp_path, "--model", "np", "--relative_velocity", 1))
+    assert status == 2 and is_one_error_line(lines) and "--relative_velocity" in lines[0], lines
