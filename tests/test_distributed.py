@@ -2,6 +2,7 @@
 batch, so two processes of batch 50 must train the weights one process of batch 100 trains, and a run
 saved by two processes must load and resume in one."""
 import contextlib
+import csv
 import os
 import re
 import shutil
@@ -48,8 +49,9 @@ def train_alone(dataset, folder, *extra):
 
 
 def csv_rows(path):
-    lines = Path(path).read_text().splitlines()
-    return [dict(zip(lines[0].split(","), map(float, line.split(",")))) for line in lines[1:]]
+    """The metrics CSV's rows, its numbers as floats (its model and predict columns are text)."""
+    with open(path, newline="") as f:
+        return [{k: float(v) for k, v in row.items() if k not in ("model", "predict")} for row in csv.DictReader(f)]
 
 
 def weights(folder):
