@@ -1,6 +1,7 @@
 """Figures: training curves and rollout metrics (matplotlib, written atomically as PNG), and the flag type
 of the evaluation scripts' output files."""
 import math
+import textwrap
 
 import matplotlib
 
@@ -70,8 +71,10 @@ def plot_rollout_metrics(table, path, subtitle, kinds):
         ax.set(xlabel="rollout step", ylabel=label)
         ax.grid(alpha=0.3)
     axes[0].legend()
-    fig.suptitle(f"Velocity prediction over autoregressive rollouts\n{subtitle}", fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 0.9))  # leave the top for the title
+    title = "\n".join(["Velocity prediction over autoregressive rollouts",
+                       *(textwrap.fill(line, 150) for line in subtitle.splitlines())])  # names of many checkpoints
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.034 * (title.count("\n") + 1)))  # leave the top for the title
     save_figure(fig, path)
 
 
