@@ -83,6 +83,11 @@ def generation_under_way(prefix, workers):
     return proc, seen
 
 
+def dead_pid():
+    """The pid of a process that has ended (a run killed with kill -9, say)."""
+    return int(run_python("-c", "import os; print(os.getpid())", timeout=60).stdout)
+
+
 def check(result):
     assert result.returncode == 0, f"exit status {result.returncode}\n{result.stderr[-3000:]}"
     return result

@@ -14,7 +14,7 @@ import torch
 import npe.cli
 import npe.data
 import npe.files
-from conftest import CHILD_ENV, CLASSIC, MODERN, REPO, cli, is_one_error_line, ok
+from conftest import CHILD_ENV, CLASSIC, MODERN, REPO, cli, dead_pid, is_one_error_line, ok
 from npe.checkpoint import load_model
 from npe.cli import BASELINES, NPEError
 from npe.config import MAX_PARAMETERS
@@ -212,11 +212,6 @@ def test_shard_numbered_past_its_count_is_refused(tmp_path):
 
 
 # 5. Leftovers and environments ----------------------------------------------------------------------
-
-def dead_pid():
-    return int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                              text=True).stdout)
-
 
 def test_staged_dataset_files_of_a_killed_generation_are_removed_by_the_next(tmp_path):
     pid = dead_pid()

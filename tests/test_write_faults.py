@@ -5,7 +5,6 @@ import errno
 import os
 import signal
 import subprocess
-import sys
 import threading
 
 import pytest
@@ -13,7 +12,7 @@ import torch
 
 import npe.files
 import npe.render
-from conftest import cli, generation_under_way, is_one_error_line, messages
+from conftest import cli, dead_pid, generation_under_way, is_one_error_line, messages
 from npe.cli import FLOAT32_MAX, FLOAT32_TINY, MAX_SCENES, SEED_MAX, NPEError, ball_mass, random_seed, scene_count
 from npe.config import World, state_scale
 from npe.files import load_torch, save_text, save_torch
@@ -135,11 +134,6 @@ def test_video_written_in_full_passes_the_read_back_check(tmp_path):
 
 
 # 2. Temporary files that a killed run left ---------------------------------------------------------------
-
-def dead_pid():
-    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    return int(proc.stdout)
-
 
 def test_writing_a_file_removes_its_temporary_files_left_by_dead_processes(tmp_path):
     stale = [tmp_path / f".ckpt.tmp{dead_pid()}.pt", tmp_path / ".ckpt.tmp99999999999.pt"]
