@@ -1,5 +1,5 @@
-"""Figures: training curves and rollout metrics (matplotlib, written atomically as PNG), and the flag type
-of the evaluation scripts' output files."""
+"""Figures: training curves and rollout metrics (matplotlib, written atomically as PNG), each model kind and
+baseline in one colour in all of them and in the videos' titles."""
 import math
 import textwrap
 
