@@ -23,7 +23,7 @@ from npe.rollouts import (ConstantVelocity, SimulatorOracle, chaos_reference, co
 
 TABLE_STEPS = (1, 5, 10, 25, 50)  # printed
 RESULT_STEPS = (10, 25, 50)  # in the Markdown results table, with intervals
-PHYSICS_STEPS = (10, 25, 50, 100)  # in the physics table, those the rollout reaches
+PHYSICS_STEPS = (10, 25, 50, 100)  # in the physics table, those the rollout reaches (else its last)
 
 
 def main():
@@ -44,9 +44,13 @@ def main():
                    help="dataset prefix: also measure one-step MSE on its test split, and one-step errors by "
                         "frame kind (free flight, wall, ball-ball), and write the results tables as Markdown beside "
                         "the figure (needs --rollout_steps 50 or more)")
+    p.add_argument("--paired_with", default="simulator_oracle",
+                   help="label of the model every other is compared with scene by scene (the physics table's "
+                        "paired difference and its interval; the CSV's _vs_ columns)")
     add_threads_flag(p)
     args = p.parse_args()
-    outputs = [args.out_png, args.out_png.with_suffix(".csv")]
+    physics_path = args.out_png.with_name(f"{args.out_png.stem}_physics.md")
+    outputs = [args.out_png, args.out_png.with_suffix(".csv"), physics_path]
     frames_path = args.out_png.with_name(f"{args.out_png.stem}_frames.csv")
     if args.test_prefix:
         outputs += [args.out_png.with_suffix(".md"), frames_path, frames_path.with_suffix(".md")]
@@ -62,12 +66,15 @@ def main():
         test_meta = load_meta(args.test_prefix)
         same_world([meta, test_meta], [next(iter(models.values())).path, args.test_prefix])
         test = load_split(args.test_prefix, "test", test_meta)
+    if args.paired_with not in [*models, "simulator_oracle", "constant_velocity"]:
+        raise NPEError(f"--paired_with {args.paired_with!r} names no model of this comparison (the labels are "
+                       f"{', '.join(models)}, simulator_oracle and constant_velocity)")
     scenes = simulate(meta, args.seed, args.num_scenes, args.rollout_steps + 2)
     baselines = {"simulator_oracle": SimulatorOracle(meta),  # the ceiling of this rollout protocol
                  "constant_velocity": ConstantVelocity(next(iter(models.values())).pos_step)}
     named = {**models, **baselines}
     shown = f"{args.num_scenes} fresh scenes (seed {args.seed}) of {World.from_dict(meta['world']).describe()}"
-    table = compare(named, scenes, args.rollout_steps, meta)
+    table = compare(named, scenes, args.rollout_steps, meta, args.paired_with)
     if args.chaos_px is not None or args.chaos_px_per_frame is not None:
         table = pd.concat([table, chaos_reference(meta, scenes, args.rollout_steps, args.chaos_px or 0.0,
                                                   args.chaos_px_per_frame or 0.0)], ignore_index=True)
@@ -87,15 +94,16 @@ def main():
         print(f"One-step errors on the test windows of {args.test_prefix}, by what happens in the frame:\n"
               f"{frames_table}wrote {args.out_png.with_suffix('.md')}, {frames_path} and "
               f"{frames_path.with_suffix('.md')}")
-    physics_path, physics = args.out_png.with_name(f"{args.out_png.stem}_physics.md"), physics_markdown(
-        table, [s for s in PHYSICS_STEPS if s <= args.rollout_steps], recorded_rows(scenes, args.rollout_steps, meta))
+    physics = physics_markdown(
+        table, [s for s in PHYSICS_STEPS if s <= args.rollout_steps] or [args.rollout_steps],
+        recorded_rows(scenes, args.rollout_steps, meta), args.paired_with)
     save_text(physics, physics_path)
     plot_rollout_metrics(table, args.out_png, f"{shown}\n{describe_models(models)}",
                          {label: model_kind(model) for label, model in models.items()})
     print(f"Rollouts of {describe_models(models)}, the simulator oracle and constant velocity, on {shown}:")
     print(summary_text(table, TABLE_STEPS))
     print(f"\nPhysics: kinetic energy predicted / true, balls overlapping or through a wall (share of frames), "
-          f"and the paired difference in cosine similarity to the simulator oracle:\n{physics}")
+          f"and the paired difference in cosine similarity to {args.paired_with}:\n{physics}")
     print(f"wrote {args.out_png}, {csv_path} and {physics_path}")
 
 

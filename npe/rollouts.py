@@ -113,10 +113,10 @@ def bootstrap_interval(sums, counts, draws=1000):
     return torch.quantile(torch.cat(means), torch.tensor([0.025, 0.975], dtype=sums.dtype), dim=0)
 
 
-def compare(models, scenes, steps, meta=None):
+def compare(models, scenes, steps, meta=None, reference="simulator_oracle"):
     """models {name: model}, scenes [S, 2 + steps, N, 5] -> DataFrame of per-step metrics: velocity_metrics;
     with the scenes' dataset metadata `meta` also physics_metrics; and where one of the models is named
-    "simulator_oracle", each model's paired difference to it (paired_differences)."""
+    `reference`, each other model's paired difference to it (paired_differences)."""
     start, truth = scenes[:, :2], scenes[:, 2:2 + steps]
     rows, sums = [], {}
     for name, model in models.items():
@@ -126,10 +126,10 @@ def compare(models, scenes, steps, meta=None):
             metrics.update(physics_metrics(pred, truth, meta))
         rows.append(metric_rows(name, metrics))
     table = pd.concat(rows, ignore_index=True)
-    if "simulator_oracle" not in models:
+    if reference not in models:
         return table
     counts = is_ball(scenes[:, 1]).sum(-1).double()  # [S]
-    return table.merge(paired_differences(sums, "simulator_oracle", counts), on=["model", "step"], how="left")
+    return table.merge(paired_differences(sums, reference, counts), on=["model", "step"], how="left")
 
 
 def paired_differences(sums, reference, counts):
@@ -311,14 +311,15 @@ def recorded_rows(scenes, steps, meta):
     return metric_rows("simulator (recorded)", physics_metrics(truth, scenes[:, 1:2].expand_as(truth), meta))
 
 
-def physics_markdown(table, steps, truth=None):
+def physics_markdown(table, steps, truth=None, reference="simulator_oracle"):
     """compare() rows (with physics_metrics) -> a Markdown table: per model, the kinetic-energy ratio
     predicted / true at `steps` (mean [5th, 95th percentile] over scenes), the share of all its rolled-out
     frames with balls overlapping and with a ball through a wall or block (deepest in px), and its paired
-    difference in cosine similarity to the simulator oracle at `steps` [95% interval]. `truth`: the same
-    rows of the recorded scenes themselves (physics_metrics(truth, truth)), shown first."""
+    difference in cosine similarity to the `reference` model at `steps` [95% interval]. `truth`: the same
+    rows of the recorded scenes themselves (recorded_rows), shown first."""
+    shown = "oracle" if reference == "simulator_oracle" else reference.replace("_", " ")
     head = (["model"] + [f"energy@{s} [5%, 95%]" for s in steps] + ["overlap > 1 px (deepest)", "through wall (deepest)"]
-            + [f"cos@{s} − oracle [95%]" for s in steps])
+            + [f"cos@{s} − {shown} [95%]" for s in steps])
     frames = [truth] if truth is not None else []
     lines = []
     for name, rows in pd.concat([*frames, table]).groupby("model", sort=False):
@@ -329,7 +330,7 @@ def physics_markdown(table, steps, truth=None):
         cells += [f"{at.energy_ratio[s]:.3f} [{at.energy_ratio_p5[s]:.2f}, {at.energy_ratio_p95[s]:.2f}]" for s in steps]
         cells += [f"{rows[f'{what}_share'].mean():.2%} ({rows[f'{what}_deepest_px'].max():.1f} px)"
                   for what in ("overlap", "through_wall")]
-        column = "cosine_similarity_vs_simulator_oracle"
+        column = f"cosine_similarity_vs_{reference}"
         if column in at and at[column].notna().all():
             cells += [f"{at[column][s]:+.3f} [{at[f'{column}_low'][s]:+.3f}, {at[f'{column}_high'][s]:+.3f}]"
                       for s in steps]

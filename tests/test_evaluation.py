@@ -75,3 +75,20 @@ def test_compare_chaos_flags_add_the_simulator_from_perturbed_states(tmp_path):
     _, rows = compare(tmp_path, "--classic_ckpt", CLASSIC, "--chaos_px", 0)
     simulator = [r for r in rows if r["model"].startswith("simulator, noise 0 px")]
     assert len(simulator) == 5 and all(float(r["cosine_similarity"]) > 0.9999 for r in simulator)
+
+
+def test_compare_writes_the_physics_table_paired_with_the_model_asked_for(tmp_path):
+    _, rows = compare(tmp_path, "--ckpts", *PAPER[:2], "--labels", "NPE", "NP", "--paired_with", "NP")
+    at = {(r["model"], r["step"]): r for r in rows}
+    for step in ("1", "5"):
+        difference = float(at["NPE", step]["cosine_similarity"]) - float(at["NP", step]["cosine_similarity"])
+        assert float(at["NPE", step]["cosine_similarity_vs_NP"]) == pytest.approx(difference, abs=1e-6)
+        assert float(at["NPE", step]["energy_ratio"]) > 0
+    physics = (tmp_path / "c_physics.md").read_text()
+    assert "cos@5 − NP" in physics and "| simulator (recorded) |" in physics and "| NPE |" in physics
+
+
+def test_compare_refuses_a_paired_with_label_that_names_no_model_before_any_work(tmp_path):
+    result = run_script("compare_rollouts_classic_vs_modern.py", "--classic_ckpt", CLASSIC, *FEW,
+                        "--paired_with", "nobody", "--out_png", tmp_path / "c.png")
+    assert result.returncode == 2 and "--paired_with" in result.stderr and not list(tmp_path.iterdir())
