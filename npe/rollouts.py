@@ -5,6 +5,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .cli import NPEError
 from .config import MASS, POS, VEL, World, is_ball
 from .models import integrate, position_step
 from .sim import next_velocities, simulate_from
@@ -20,6 +21,8 @@ def rollout(model, frames, steps):
     predicts the position itself. Mass is carried over; blocks and padding stay where they are. `model`
     may also be a velocity rule such as ConstantVelocity.
     """
+    if steps < 1:
+        raise NPEError(f"a rollout takes at least one step, not {steps}")
     window, out = frames, []
     for _ in range(steps):
         window = step(model, window)

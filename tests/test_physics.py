@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from conftest import CLASSIC, cli, is_one_error_line, ok
+from npe.cli import NPEError
 from npe.config import MASS, POS, VEL, World, state_scale
 from npe.data import simulate
 from npe.models import build_model, data_config
@@ -150,3 +151,8 @@ def test_an_unroll_longer_than_a_scene_is_refused(dataset, tmp_path):
 def test_a_model_without_pairs_refuses_the_pair_options(dataset, tmp_path):
     status, lines = cli(CLASSIC, *run_flags(dataset, tmp_path, "--model", "np", "--relative_velocity", 1))
     assert status == 2 and is_one_error_line(lines) and "--relative_velocity" in lines[0], lines
+
+
+def test_a_rollout_of_no_steps_is_refused_in_words(scenes):
+    with pytest.raises(NPEError, match="at least one step"):
+        rollout(model(), scenes[:, :2], 0)
