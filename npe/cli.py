@@ -16,7 +16,7 @@ def _interrupted_while_loading(kind, value, traceback, previous=sys.excepthook):
     seconds): the one line run_cli prints, not a traceback of the import it stopped. Any other exception,
     and a Ctrl-C in any other program that imports npe, is printed as Python prints it."""
     main = getattr(sys.modules.get("__main__"), "__file__", None)
-    script = main and Path(main).resolve().parent == Path(__file__).resolve().parents[1]
+    script = main and Path(main).resolve().parent == REPO
     if issubclass(kind, KeyboardInterrupt) and script:
         print("error: interrupted; no output was left half-written", file=sys.stderr)
     else:
