@@ -11,6 +11,8 @@ import pandas as pd  # noqa: E402
 
 from npe.cli import NPEError, Parser, output_file, run_cli  # noqa: E402
 from npe.files import regular_file  # noqa: E402
+from matplotlib.ticker import NullFormatter  # noqa: E402
+
 from npe.plots import plt, save_figure  # noqa: E402
 
 UNITS = {"K": 1e3, "M": 1e6}
@@ -36,7 +38,8 @@ def main():
     collisions = frames[frames.frame == "ball-ball collision"].set_index("model")["velocity error px/frame RMS"]
     points = pd.DataFrame({"cos@50": at["cosine_similarity"][50], "energy@100": at["energy_ratio"][100],
                            "ball-ball px/frame": collisions.reindex(at.index)})
-    points["axis"], points["value"] = zip(*[(a, number(v)) for a, v in (m.split(":", 1) for m in points.index)])
+    points["axis"], points["shown"] = zip(*(m.split(":", 1) for m in points.index))
+    points["value"] = points.shown.map(number)
     axes_names = list(dict.fromkeys(points.axis))
     fig, grid = plt.subplots(3, len(axes_names), figsize=(4 * len(axes_names), 9), squeeze=False)
     for column, name in enumerate(axes_names):
@@ -45,6 +48,8 @@ def main():
             ax = grid[row, column]
             ax.plot(line.value, line[metric], "o-", color="tab:green")
             ax.set_xscale("log")
+            ax.set_xticks(line.value, line.shown)  # the values run, as labelled, not powers of ten
+            ax.xaxis.set_minor_formatter(NullFormatter())
             ax.set_xlabel(name)
             ax.set_ylabel(metric)
             ax.grid(alpha=0.3)
