@@ -11,8 +11,9 @@ import torch
 from tqdm import tqdm
 
 from npe.checkpoint import load_models, runnable
-from npe.cli import (Parser, add_checkpoint_flags, add_world_flags, positive_float, positive_int, random_seed,
-                     run_cli, scene_count, world_changes)
+from npe.cli import (Parser, add_checkpoint_flags, add_world_flags, frame_rate, positive_int, random_seed, run_cli,
+                     scene_count, world_changes)
+from npe.files import check_writable
 from npe.config import World
 from npe.data import simulate
 from npe.plots import kind_colours, model_kind
@@ -33,7 +34,7 @@ def main():
                    help="write looping GIFs (TAG_scene{N}.gif, through pillow) instead of mp4: GitHub and other web "
                         "pages show them inline; larger than mp4 (two panels of 62 frames: about 0.66 MB)")
     p.add_argument("--seed", type=random_seed, default=2000, help="seed of the fresh scenes (not a training seed)")
-    p.add_argument("--fps", type=positive_float, default=30, help="video frames per second")
+    p.add_argument("--fps", type=frame_rate, default=30, help="video frames per second")
     args = p.parse_args()
     # A few scenes: extra threads only add synchronization, and stall when the cores are busy.
     torch.set_num_threads(1)
@@ -45,15 +46,16 @@ def main():
                       **changes)  # [S, F, N, 5]
     start = scenes[:, :START_FRAMES]
     shown = runnable(models, scenes.shape[2], world)
+    tag = re.sub(r"[^\w.-]+", "_", args.tag or "_".join(["rollout_gt", *shown]))  # a file name, whatever the labels
+    paths = [args.out_dir / f"{tag}_scene{s}.{'gif' if args.gif else 'mp4'}" for s in range(args.num_scenes)]
+    check_writable(*paths)  # before the rollouts and renders: a name too long or a read-only folder is found now
     titles = {label: f"{label}\n{model.path.parent.name}/{model.path.name}" for label, model in shown.items()}
     rollouts = {titles[label]: torch.cat([start, rollout(model, start, args.rollout_steps)], dim=1)
                 for label, model in shown.items()}
     colours = {titles[label]: colour
                for label, (colour, _) in kind_colours({label: model_kind(m) for label, m in shown.items()}).items()}
-    tag = re.sub(r"[^\w.-]+", "_", args.tag or "_".join(["rollout_gt", *shown]))  # a file name, whatever the labels
     print(f"{args.num_scenes} fresh scenes (seed {args.seed}) of {world}")
-    for s in tqdm(range(args.num_scenes), unit="video", desc="rendering"):
-        path = args.out_dir / f"{tag}_scene{s}.{'gif' if args.gif else 'mp4'}"
+    for s, path in enumerate(tqdm(paths, unit="video", desc="rendering")):
         render_rollouts({f"Ground truth\nseed {args.seed}, scene {s}": scenes[s],
                          **{title: states[s] for title, states in rollouts.items()}}, meta, path, args.fps, colours)
         tqdm.write(str(path))

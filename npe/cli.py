@@ -101,6 +101,7 @@ def _number(kind, low, inclusive, name, high=math.inf):
 positive_int = _number(int, 0, False, "a positive integer")
 nonnegative_int = _number(int, 0, True, "a non-negative integer")
 switch = _number(int, 0, True, "0 (off) or 1 (on)", high=1)  # an option kept in a model config, which holds numbers
+frame_rate = _number(float, 0.1, True, "a rate from 0.1 to 1,000 frames per second", high=1000)  # what encoders take
 positive_float = _number(float, 0.0, False, "a positive number")
 nonnegative_float = _number(float, 0.0, True, "a non-negative number")
 # Seeds go to numpy's default_rng and torch.manual_seed; training also seeds a generator with seed + 1.

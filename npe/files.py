@@ -97,7 +97,7 @@ def check_writable(*paths):
     uses) created and removed there, so that a read-only folder, a name too long for the file system or
     an output that is a folder is one NPEError now rather than a traceback after the work."""
     for path in map(ensure_parent, paths):
-        if path.is_dir():
+        if os.path.isdir(path):  # False for a name too long, which the write below then names
             raise NPEError(f"cannot write {path}: it is a folder; name a file")
         tmp = temp_path(path, os.getpid())
         try:

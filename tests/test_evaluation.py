@@ -92,3 +92,12 @@ def test_compare_refuses_a_paired_with_label_that_names_no_model_before_any_work
     result = run_script("compare_rollouts_classic_vs_modern.py", "--classic_ckpt", CLASSIC, *FEW,
                         "--paired_with", "nobody", "--out_png", tmp_path / "c.png")
     assert result.returncode == 2 and "--paired_with" in result.stderr and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("flags", [["--fps", "1e300"], ["--fps", "1e-300"], ["--tag", "x" * 300]],
+                         ids=["fps too high", "fps too low", "tag too long"])
+def test_render_refuses_a_rate_or_a_name_it_cannot_write_before_rendering(tmp_path, flags):
+    result = run_script("render_rollout_triple.py", "--classic_ckpt", CLASSIC, "--num_scenes", 1, "--rollout_steps", 3,
+                        "--out_dir", tmp_path / "v", *flags)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "rendering" not in result.stderr and not list((tmp_path / "v").glob("*.mp4"))
