@@ -11,8 +11,8 @@ from pathlib import Path
 import pandas as pd
 
 from npe.checkpoint import describe_models, load_models, same_world
-from npe.cli import (NPEError, Parser, add_checkpoint_flags, add_threads_flag, nonnegative_float, output_file,
-                     positive_int, random_seed, run_cli, scene_count, set_threads)
+from npe.cli import (BASELINES, NPEError, Parser, add_checkpoint_flags, add_threads_flag, nonnegative_float,
+                     output_file, positive_int, random_seed, run_cli, scene_count, set_threads)
 from npe.config import World
 from npe.data import load_meta, load_split, simulate
 from npe.files import check_writable, save_text
@@ -66,9 +66,9 @@ def main():
         test_meta = load_meta(args.test_prefix)
         same_world([meta, test_meta], [next(iter(models.values())).path, args.test_prefix])
         test = load_split(args.test_prefix, "test", test_meta)
-    if args.paired_with not in [*models, "simulator_oracle", "constant_velocity"]:
+    if args.paired_with not in [*models, *BASELINES]:
         raise NPEError(f"--paired_with {args.paired_with!r} names no model of this comparison (the labels are "
-                       f"{', '.join(models)}, simulator_oracle and constant_velocity)")
+                       f"{', '.join([*models, *BASELINES])})")
     scenes = simulate(meta, args.seed, args.num_scenes, args.rollout_steps + 2)
     baselines = {"simulator_oracle": SimulatorOracle(meta),  # the ceiling of this rollout protocol
                  "constant_velocity": ConstantVelocity(next(iter(models.values())).pos_step)}

@@ -79,12 +79,17 @@ class Dynamics(nn.Module):
         raise NotImplementedError
 
 
+def kinetic_energy(mass, vel):
+    """mass [..., N], vel [..., N, 2] (normalized) -> [...]: sum of m |v|^2 over the balls (blocks have mass
+    0, padding a negative one that counts as 0)."""
+    return (mass.clamp_min(0) * vel.pow(2).sum(-1)).sum(-1)
+
+
 def keep_energy(frames, vel):
     """vel [B, N, 2] at t+1 scaled per scene so that sum(m |v|^2) over the balls is that of frames [B, 2, N, 5]
     at t. A scene whose prediction has (next to) no energy is left as it is rather than blown up."""
-    mass = frames[:, 1, :, MASS].clamp_min(0)  # [B, N]: blocks 0, padding -1 -> 0
-    before = (mass * frames[:, 1, :, VEL].pow(2).sum(-1)).sum(-1)  # [B]
-    after = (mass * vel.pow(2).sum(-1)).sum(-1)
+    mass = frames[:, 1, :, MASS]  # [B, N]
+    before, after = kinetic_energy(mass, frames[:, 1, :, VEL]), kinetic_energy(mass, vel)  # [B]
     scale = torch.where(after > 1e-12, (before / after.clamp_min(1e-12)).sqrt(), torch.ones_like(after))
     return vel * scale[:, None, None]
 

@@ -7,7 +7,7 @@ import torch
 
 from .cli import NPEError
 from .config import MASS, POS, VEL, World, is_ball
-from .models import integrate, position_step
+from .models import integrate, kinetic_energy, position_step
 from .sim import next_velocities, simulate_from
 
 
@@ -155,11 +155,6 @@ def paired_differences(sums, reference, counts):
     return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=["model", "step"])
 
 
-def kinetic_energy(states):
-    """states [..., N, 5] (normalized) -> [...]: sum of m |v|^2 over the balls, in normalized units."""
-    return (states[..., MASS].clamp_min(0) * states[..., VEL].pow(2).sum(-1)).sum(-1)
-
-
 def penetrations(states, meta):
     """states [B, T, N, 5] (normalized) -> (overlap [B, T], through [B, T]) in px: the deepest overlap of two
     balls in each frame, and the deepest that a ball reaches through a wall of the box or into a block
@@ -190,7 +185,8 @@ def physics_metrics(pred, truth, meta):
     (mean, 5th and 95th percentile over the scenes), and the share of scenes whose predicted frame has two
     balls overlapping, or a ball through a wall or into a block, by more than PENETRATION_PX, with the
     deepest of each in px. The simulated balls are elastic: the truth keeps its energy within about 1%."""
-    ratio = (kinetic_energy(pred) / kinetic_energy(truth).clamp_min(1e-12)).double()  # [B, T]
+    true = kinetic_energy(truth[..., MASS], truth[..., VEL]).clamp_min(1e-12)  # [B, T]
+    ratio = (kinetic_energy(pred[..., MASS], pred[..., VEL]) / true).double()
     low, high = torch.quantile(ratio, torch.tensor([0.05, 0.95], dtype=ratio.dtype), dim=0)
     overlap, through = penetrations(pred, meta)
     return {"energy_ratio": ratio.mean(0), "energy_ratio_p5": low, "energy_ratio_p95": high,

@@ -10,8 +10,8 @@ from conftest import CLASSIC, cli, is_one_error_line, ok
 from npe.cli import NPEError
 from npe.config import MASS, POS, VEL, World, state_scale
 from npe.data import simulate
-from npe.models import build_model, data_config
-from npe.rollouts import (SimulatorOracle, compare, kinetic_energy, paired_differences, penetrations,
+from npe.models import build_model, data_config, kinetic_energy
+from npe.rollouts import (SimulatorOracle, compare, paired_differences, penetrations,
                           physics_metrics, recorded_rows, rollout)
 from npe.train import chain_starts
 
@@ -42,10 +42,10 @@ def test_an_energy_keeping_model_rolls_out_at_the_energy_it_started_with(scenes)
     frames = scenes[:, :2].clone()
     frames[:, :, 1, MASS] = 3.0  # unequal masses: the energy is mass-weighted
     pred = rollout(model(conserve_energy=1), frames, 25)  # [S, 25, N, 5]
-    start = kinetic_energy(frames[:, 1])  # [S]
-    assert torch.allclose(kinetic_energy(pred), start[:, None].expand(-1, 25), rtol=1e-4)
+    start = kinetic_energy(frames[:, 1, :, MASS], frames[:, 1, :, VEL])  # [S]
+    assert torch.allclose(kinetic_energy(pred[..., MASS], pred[..., VEL]), start[:, None].expand(-1, 25), rtol=1e-4)
     free = rollout(model(), frames, 25)
-    assert not torch.allclose(kinetic_energy(free), start[:, None].expand(-1, 25), rtol=1e-2)
+    assert not torch.allclose(kinetic_energy(free[..., MASS], free[..., VEL]), start[:, None].expand(-1, 25), rtol=1e-2)
 
 
 def test_relative_velocity_describes_context_velocities_from_the_focus(scenes):
