@@ -44,7 +44,7 @@ class Interrupted(NPEError):
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM outside training, raised like Ctrl-C so that whatever cleans up after Ctrl-C (the simulation's
-    worker pool, a temporary file, ffmpeg) cleans up after it too."""
+    worker processes, a temporary file, ffmpeg) cleans up after it too."""
 
 
 def raise_terminated(signum, frame):

@@ -1,4 +1,5 @@
 """Balls bouncing in a box, simulated with pymunk: elastic, frictionless, no gravity."""
+import contextlib
 import math
 import multiprocessing as mp
 import os
@@ -9,7 +10,7 @@ import numpy as np
 import pymunk
 from tqdm import tqdm
 
-from .cli import NPEError, raise_terminated
+from .cli import NPEError, Terminated, raise_terminated
 from .config import MASS, PAD_MASS, STATE_DIM, World
 
 CHUNK = 250  # scenes per job handed to a worker process
@@ -175,33 +176,76 @@ def simulate_scenes(world: World, seed: int, start: int, stop: int, workers: int
     Each scene depends only on (seed, index), so the result is the same for any number of workers.
     """
     jobs = [(world, seed, a, min(a + CHUNK, stop), num_frames) for a in range(start, stop, CHUNK)]
-    workers = min(workers or os.cpu_count() or 1, len(jobs))  # a pool costs seconds to start
+    workers = min(workers or os.cpu_count() or 1, len(jobs))  # a worker costs about a second to start
     with tqdm(total=stop - start, unit="scene", desc="simulating", disable=not progress) as bar:
         parts = []
-        for part in _run(_simulate_chunk, jobs, workers):
-            parts.append(part)
-            bar.update(len(part))
+        with contextlib.closing(_run(_simulate_chunk, jobs, workers)) as results:  # workers end with the loop
+            for part in results:
+                parts.append(part)
+                bar.update(len(part))
     return np.concatenate(parts)
 
 
 def _run(fn, jobs, workers):
-    """fn over jobs, in order, in `workers` processes (in this one when workers is 1)."""
+    """fn over jobs, in order, in `workers` processes (in this one when workers is 1).
+
+    Worker w runs jobs w, w + workers, ... and sends each result, or the exception it raised, down a pipe
+    of its own, so results come back in order through nothing the workers share. (multiprocessing.Pool
+    shares a task queue behind a lock: SIGTERM to the process group could kill a worker holding it, and
+    the pool's terminate() then waited on that lock forever.)
+    """
     if workers == 1:
         yield from _signals_between_jobs(fn, jobs)
         return
-    # Workers ignore Ctrl-C: the terminal sends it to them too, and only this process should handle it.
-    # They inherit "ignored" from this process while it starts them, so they ignore it from their first
-    # instruction on (an initializer runs only once a worker has imported this package, and a Ctrl-C
-    # before that printed a worker traceback). Starting the processes takes milliseconds.
-    # SIGTERM (raised as Terminated in this process by run_cli) needs nothing here: a spawned worker starts
-    # with the default action, so the pool's terminate() on the way out ends the workers silently.
-    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    ctx = mp.get_context("spawn")
+    procs, pipes = [], []
     try:
-        pool = mp.get_context("spawn").Pool(workers)
+        # Workers ignore Ctrl-C: the terminal sends it to them too, and only this process should handle
+        # it. They inherit "ignored" from this process while it starts them, so they ignore it from their
+        # first instruction on. SIGTERM keeps its default action in them: it ends a worker silently, and
+        # this process says "terminated" for it.
+        handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            for w in range(workers):
+                receive, send = ctx.Pipe(duplex=False)
+                procs.append(ctx.Process(target=_work, args=(fn, jobs[w::workers], send), daemon=True))
+                pipes.append(receive)
+                procs[-1].start()
+                send.close()  # this process keeps only the reading end: a worker's death reads as EOF
+        finally:
+            signal.signal(signal.SIGINT, handler)
+        for i in range(len(jobs)):
+            try:
+                ok, result = pipes[i % workers].recv()
+            except EOFError:
+                raise _worker_lost(procs[i % workers]) from None
+            if not ok:
+                raise result
+            yield result
     finally:
-        signal.signal(signal.SIGINT, handler)
-    with pool:
-        yield from pool.imap(fn, jobs)
+        for proc in procs:
+            if proc.pid is not None:
+                proc.kill()
+                proc.join()
+        for pipe in pipes:
+            pipe.close()
+
+
+def _work(fn, jobs, results):
+    """A worker process: fn over jobs, each result or the first exception sent down the pipe `results`."""
+    try:
+        for job in jobs:
+            results.send((True, fn(job)))
+    except Exception as err:  # raised again in the main process (NPEError: a world with no room for its balls)
+        results.send((False, err))
+
+
+def _worker_lost(proc):
+    proc.join(timeout=5)
+    if proc.exitcode == -signal.SIGTERM:
+        return Terminated()  # SIGTERM to the process group: the generation was terminated
+    return NPEError(f"a simulation worker process ended unexpectedly (exit code {proc.exitcode}), perhaps "
+                    f"killed for memory; run again, with fewer --workers")
 
 
 # The handlers that raise: Python's for Ctrl-C, run_cli's for SIGTERM.

@@ -83,6 +83,17 @@ def generation_under_way(prefix, workers):
     return proc, seen
 
 
+def group_members(pgid):
+    """The processes of a process group other than its leader (Linux /proc)."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            pid, rest = stat.read_text().split(" ", 1)
+            if int(rest.rsplit(")", 1)[1].split()[2]) == pgid and int(pid) != pgid:
+                members.append(int(pid))
+    return members
+
+
 def dead_pid():
     """The pid of a process that has ended (a run killed with kill -9, say)."""
     return int(run_python("-c", "import os; print(os.getpid())", timeout=60).stdout)

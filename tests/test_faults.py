@@ -17,7 +17,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from conftest import (CLASSIC, MODERN, SEED, TINY_MODERN, cli, generation_under_way, is_one_error_line, messages, ok,
+from conftest import (CLASSIC, MODERN, SEED, TINY_MODERN, cli, generation_under_way, group_members, is_one_error_line,
+                      messages, ok,
                       start)
 from npe.cli import NPEError
 from npe.config import World
@@ -300,17 +301,6 @@ def test_resume_mistake_is_one_error_line_naming_the_problem(mistake, runs, data
 
 
 # 7. Data generation ---------------------------------------------------------------------------------
-
-def group_members(pgid):
-    """The processes of a process group other than its leader (Linux /proc)."""
-    members = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError):
-            pid, rest = stat.read_text().split(" ", 1)
-            if int(rest.rsplit(")", 1)[1].split()[2]) == pgid and int(pid) != pgid:
-                members.append(int(pid))
-    return members
-
 
 @pytest.fixture(scope="module", params=[1, 2], ids=["1 worker", "2 workers"])
 def generation_interrupted(request, tmp_path_factory):

@@ -6,13 +6,14 @@ import os
 import signal
 import subprocess
 import threading
+from pathlib import Path
 
 import pytest
 import torch
 
 import npe.files
 import npe.render
-from conftest import cli, dead_pid, generation_under_way, is_one_error_line, messages
+from conftest import cli, dead_pid, generation_under_way, group_members, is_one_error_line, messages
 from npe.cli import FLOAT32_MAX, FLOAT32_TINY, MAX_SCENES, SEED_MAX, NPEError, ball_mass, random_seed, scene_count
 from npe.config import World, state_scale
 from npe.files import load_torch, save_text, save_torch
@@ -228,3 +229,25 @@ def test_sigterm_to_a_two_worker_generation_exits_143_with_one_line_and_no_trace
     lines = messages(seen + stderr)
     assert proc.returncode == 143 and is_one_error_line(lines) and "terminated" in lines[0], "\n".join(lines[:40])
     assert not [p for p in tmp_path.iterdir()]
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_generation_ends_it_in_one_line_instead_of_waiting_for_it_forever(tmp_path):
+    # As the OOM killer would. multiprocessing.Pool started a new worker and waited forever for the lost job.
+    proc, seen = generation_under_way(tmp_path / "balls", 2)
+    workers = [pid for pid in group_members(proc.pid) if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    os.kill(workers[0], signal.SIGKILL)  # not the resource tracker, the group's other member
+    try:
+        stderr = proc.communicate(timeout=20)[1]
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail("still running 20 s after a worker was killed")
+    lines = messages(seen + stderr)
+    assert proc.returncode == 2 and is_one_error_line(lines) and "worker process ended" in lines[0], "\n".join(lines)
+    assert not [p for p in tmp_path.iterdir()]
+
+
+def test_an_error_in_a_worker_process_reaches_the_caller_as_itself():
+    from npe.sim import CHUNK, simulate_scenes
+    with pytest.raises(NPEError, match="cannot place 30 non-overlapping balls"):  # a job for each worker
+        simulate_scenes(World(num_balls=(30,)), seed=0, start=0, stop=2 * CHUNK, workers=2, progress=False)
