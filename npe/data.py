@@ -13,9 +13,11 @@ Generation can be split across machines: shard i of n simulates a contiguous ran
 them, cut at the split boundaries, to P_shard{i}of{n}.pt; merge_shards turns the n parts into the files
 a single run writes.
 """
+import contextlib
 import hashlib
 import itertools
 import json
+import os
 import re
 import time
 from dataclasses import fields, replace
@@ -114,7 +116,10 @@ def generate_dataset(out_prefix, num_scenes, seed, workers=None, world=World(), 
     """
     sizes = split_sizes(num_scenes)
     first, last = shard_scenes(num_scenes, shard, num_shards)
-    check_writable(*([shard_path(out_prefix, shard, num_shards)] if num_shards > 1 else dataset_paths(out_prefix)))
+    if num_shards > 1:
+        check_writable(shard_path(out_prefix, shard, num_shards))
+    else:
+        check_replaceable(out_prefix)
     start = time.time()
     scenes = normalize(simulate_scenes(world, seed, first, last, workers))  # [S, F, N, 5]
     meta = {
@@ -158,6 +163,24 @@ def refuse_nonfinite(windows, destination):
         if bad := count_nonfinite(windows[split]):
             raise NPEError(f"the {split} windows to write to {destination} hold {bad:,} NaN or infinite values; "
                            f"nothing was written (are the world's masses within float32 range?)")
+
+
+def check_replaceable(prefix):
+    """NPEError, before any work, if the dataset at `prefix` could not be written, or if a file under one of
+    its split names is not a split (a checkpoint named P_train.pt, say), which writing it would replace."""
+    check_writable(*dataset_paths(prefix))
+    for path in (split_path(prefix, split) for split in SPLITS):
+        if not os.path.lexists(path):
+            continue
+        held = None
+        with contextlib.suppress(Exception):  # not a regular file, or not one torch.save wrote: not a split
+            if path.is_file():  # (a FIFO would block the load) memory-mapped: gigabytes cost no reading
+                held = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+        if not isinstance(held, torch.Tensor):
+            what = f"a {type(held).__name__}, a checkpoint or another script's file" if held is not None else \
+                "unreadable as a split"
+            raise NPEError(f"{path} exists and is not a dataset split ({what}); writing the dataset would "
+                           f"replace it: pick another --out_prefix or move that file")
 
 
 def write_dataset(out_prefix, windows, meta):
@@ -208,7 +231,7 @@ def merge_shards(out_prefix):
         more = num_shards - len(indices) - len(missing)
         raise NPEError(f"shards {', '.join(map(str, missing))}{f' and {more:,} more' if more else ''} of "
                        f"{num_shards:,} are missing for {prefix} ({SHARD_HINT})")
-    check_writable(*dataset_paths(prefix))
+    check_replaceable(prefix)
     paths = [shard_path(prefix, i, num_shards) for i in range(num_shards)]
     parts = [load_torch(path, "dataset shard", SHARD_HINT) for path in paths]
     for i, (path, part) in enumerate(zip(paths, parts)):

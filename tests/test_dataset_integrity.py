@@ -237,6 +237,21 @@ def test_regenerating_over_an_old_dataset_replaces_all_of_it(runs, tmp_path):
     assert read_meta(prefix)["seed"] == 3 and len(load_dataset(prefix, "train")) == 3 * 58
 
 
+@pytest.mark.parametrize("foreign", ["checkpoint", "text"])
+def test_generation_refuses_to_replace_a_file_under_a_split_name_that_is_not_a_split(foreign, runs, tmp_path):
+    prefix = copy(runs[1], tmp_path)
+    val = Path(f"{prefix}_val.pt")
+    if foreign == "checkpoint":
+        torch.save({"config": {"kind": "classic"}, "model": {"w": torch.zeros(2)}}, val)
+    else:
+        val.write_text("notes\n")
+    before = contents(prefix)
+    status, lines = cli(GENERATE, "--num_scenes", NUM_SCENES, "--workers", 1, "--out_prefix", prefix)
+    assert status == 2 and is_one_error_line(lines), lines
+    assert str(val) in lines[0] and "not a dataset split" in lines[0], lines
+    assert contents(prefix) == before
+
+
 class Killed(BaseException):
     """Stands for Ctrl-C or kill -9 at one moment of a write."""
 
@@ -354,6 +369,15 @@ def test_merge_refuses_a_shard_whose_windows_do_not_fit_its_scenes_and_writes_no
     before = contents(prefix)
     status, lines = cli(MERGE, "--out_prefix", prefix)
     assert status == 2 and is_one_error_line(lines) and named in lines[0], lines
+    assert contents(prefix) == before
+
+
+def test_merge_refuses_to_replace_a_file_under_a_split_name_that_is_not_a_split(shards, tmp_path):
+    prefix = copy_shards(shards, tmp_path)
+    torch.save({"config": {"kind": "classic"}, "model": {}}, f"{prefix}_train.pt")
+    before = contents(prefix)
+    status, lines = cli(MERGE, "--out_prefix", prefix)
+    assert status == 2 and is_one_error_line(lines) and "not a dataset split" in lines[0], lines
     assert contents(prefix) == before
 
 
