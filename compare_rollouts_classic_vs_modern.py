@@ -18,7 +18,7 @@ from npe.data import load_meta, load_split, simulate
 from npe.files import check_writable, save_text
 from npe.models import one_step_loss
 from npe.plots import model_kind, plot_rollout_metrics
-from npe.rollouts import (ConstantVelocity, SimulatorOracle, chaos_reference, compare, frames_markdown,
+from npe.rollouts import (ConstantVelocity, SimulatorOracle, chaos_name, chaos_reference, compare, frames_markdown,
                           one_step_by_frame, physics_markdown, recorded_rows, results_markdown, summary_text)
 
 TABLE_STEPS = (1, 5, 10, 25, 50)  # printed
@@ -60,6 +60,10 @@ def main():
     box = min(meta["world"]["width"], meta["world"]["height"])
     if max(args.chaos_px or 0, args.chaos_px_per_frame or 0) > box:  # balls thrown out of the world: no reference
         raise NPEError(f"--chaos_px and --chaos_px_per_frame must be at most the box's side, {box:g} px")
+    chaos = args.chaos_px is not None or args.chaos_px_per_frame is not None
+    if chaos and (name := chaos_name(args.chaos_px or 0.0, args.chaos_px_per_frame or 0.0)) in models:
+        raise NPEError(f"the label {name!r} is the name of the chaos reference's rows; give that checkpoint another "
+                       f"one with --labels")
     if args.test_prefix:  # read before any output is written, so a bad dataset leaves nothing behind
         if args.rollout_steps < max(TABLE_STEPS):
             raise NPEError(f"--test_prefix needs --rollout_steps {max(TABLE_STEPS)} or more for the results table")
@@ -75,7 +79,7 @@ def main():
     named = {**models, **baselines}
     shown = f"{args.num_scenes} fresh scenes (seed {args.seed}) of {World.from_dict(meta['world']).describe()}"
     table = compare(named, scenes, args.rollout_steps, meta, args.paired_with)
-    if args.chaos_px is not None or args.chaos_px_per_frame is not None:
+    if chaos:
         table = pd.concat([table, chaos_reference(meta, scenes, args.rollout_steps, args.chaos_px or 0.0,
                                                   args.chaos_px_per_frame or 0.0)], ignore_index=True)
     table = table.assign(

@@ -201,6 +201,11 @@ def metric_rows(name, metrics):
                          **{k: v.tolist() for k, v in metrics.items()}})
 
 
+def chaos_name(position_px, velocity_px):
+    """The name of chaos_reference's rows."""
+    return f"simulator, noise {position_px:g} px, {velocity_px:g} px/frame"
+
+
 def chaos_reference(meta, scenes, steps, position_px=0.0, velocity_px=0.0, seed=0):
     """The simulator against itself: metric rows of each scene simulated on from its true state at t
     (scenes [S, 2 + steps, N, 5], frame 1) with Gaussian noise of std `position_px` px on the balls'
@@ -213,8 +218,7 @@ def chaos_reference(meta, scenes, steps, position_px=0.0, velocity_px=0.0, seed=
     raw[..., POS] += noise[0] * position_px * balls
     raw[..., VEL] += noise[1] * velocity_px / world.dt * balls
     pred = np.stack([simulate_from(world, scene, steps) for scene in raw]) / scale  # [S, steps, N, 5]
-    name = f"simulator, noise {position_px:g} px, {velocity_px:g} px/frame"
-    return metric_rows(name, velocity_metrics(torch.as_tensor(pred, dtype=scenes.dtype), scenes[:, 2:2 + steps]))
+    return metric_rows(chaos_name(position_px, velocity_px), velocity_metrics(torch.as_tensor(pred, dtype=scenes.dtype), scenes[:, 2:2 + steps]))
 
 
 FRAME_KINDS = ("free flight", "wall bounce", "ball-ball collision")

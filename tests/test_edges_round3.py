@@ -93,6 +93,13 @@ def test_label_that_is_a_baselines_name_is_refused(script, label, checkpoints, t
     assert not list(tmp_path.iterdir())
 
 
+def test_label_that_is_the_chaos_references_name_is_refused(checkpoints, tmp_path):
+    label = "simulator, noise 0 px, 1 px/frame"
+    refused(cli(COMPARE, "--ckpts", checkpoints["classic"][0], "--labels", label, "--chaos_px_per_frame", 1,
+                "--num_scenes", 1, "--rollout_steps", 2, "--out_png", tmp_path / "r.png"), label)
+    assert not list(tmp_path.iterdir())
+
+
 def test_checkpoint_file_named_as_a_baseline_needs_a_label(checkpoints, tmp_path):
     ckpt = shutil.copy(checkpoints["classic"][0], tmp_path / "constant_velocity.pt")
     refused(cli(COMPARE, "--ckpts", ckpt, "--num_scenes", 1, "--rollout_steps", 2,
