@@ -39,7 +39,7 @@ def main():
     tables = []
     for label, changes in worlds.items():
         scenes = simulate(meta, args.seed, args.num_scenes, args.rollout_steps + 2, **changes)
-        tables.append(compare(runnable(models, scenes.shape[2], label), scenes, args.rollout_steps, meta)
+        tables.append(compare(runnable(models, scenes, label), scenes, args.rollout_steps, meta)
                       .assign(world=label))
         print(f"{label}: done")
     table = pd.concat(tables, ignore_index=True).assign(

@@ -46,7 +46,7 @@ def main():
             raise NPEError(f"{label}: ball {UNKNOWN} collides with no other ball in {args.num_scenes} scenes of "
                            f"{args.observe_frames} frames; use more --num_scenes or --observe_frames")
         truth = scenes[hit, 0, UNKNOWN, MASS]
-        for name, model in runnable(models, scenes.shape[2], label).items():
+        for name, model in runnable(models, scenes, label).items():
             accuracy = {f"accuracy ({protocol})": (infer_mass(model, scenes[hit], UNKNOWN, world.masses, protocol,
                                                                reach) == truth).float().mean().item()
                         for protocol in PROTOCOLS}

@@ -45,7 +45,7 @@ def main():
     scenes = simulate(meta, args.seed, args.num_scenes, START_FRAMES + args.rollout_steps, workers=1,
                       **changes)  # [S, F, N, 5]
     start = scenes[:, :START_FRAMES]
-    shown = runnable(models, scenes.shape[2], world)
+    shown = runnable(models, scenes, world)
     tag = re.sub(r"[^\w.-]+", "_", args.tag or "_".join(["rollout_gt", *shown]))  # a file name, whatever the labels
     paths = [args.out_dir / f"{tag}_scene{s}.{'gif' if args.gif else 'mp4'}" for s in range(args.num_scenes)]
     check_writable(*paths)  # before the rollouts and renders: a name too long or a read-only folder is found now

@@ -125,13 +125,14 @@ def same_world(metas, paths):
     return metas[0]
 
 
-def runnable(models, objects, label):
-    """The models {name: model} that take scenes of `objects` objects; says which are left out (an LSTM
-    has a fixed number of input slots)."""
-    fits = {name: m for name, m in models.items() if m.accepts(objects)}
-    for name in models.keys() - fits.keys():
-        print(f"{label}: {name} skipped: it cannot take scenes of {objects} objects")
-    return fits
+def runnable(models, scenes, label):
+    """The models {name: model} that can run scenes [S, F, N, 5]; says which are left out and why (an LSTM
+    has a fixed number of input slots, the paper's model a fixed set of masses)."""
+    why = {name: m.refuses(scenes) for name, m in models.items()}
+    for name, reason in why.items():
+        if reason:
+            print(f"{label}: {name} skipped: {reason}")
+    return {name: m for name, m in models.items() if not why[name]}
 
 
 def load_models(args):

@@ -56,9 +56,9 @@ class Dynamics(nn.Module):
         self.conserve_energy = conserve_energy
         self.outputs = 4 if dx_scale else 2  # what delta() returns per ball
 
-    def accepts(self, num_objects):
-        """Whether scenes of `num_objects` objects fit this model."""
-        return True
+    def refuses(self, scenes):
+        """Why this model cannot run scenes [S, F, N, 5], or None when it can."""
+        return None
 
     def forward(self, frames, positions=False):
         """frames [B, 2, N, 5] -> normalized velocity at t+1 [B, N, 2]; 0 for blocks and padding. With
@@ -231,6 +231,14 @@ class PaperNPE(ClassicNPE):
     def mask_centres(self, frames):
         return frames[:, 1, :, POS] + frames[:, 1, :, VEL] * self.pos_step
 
+    def refuses(self, scenes):
+        masses = scenes[..., MASS].unique()
+        known = torch.tensor(self.masses, dtype=masses.dtype)  # compared as describe() compares them
+        if unknown := masses[(masses > 0) & ~torch.isin(masses, known)].tolist():
+            return (f"its one-hot mass input knows only the masses {', '.join(f'{m:g}' for m in self.masses)}, "
+                    f"not {', '.join(f'{m:g}' for m in unknown)}")
+        return None
+
 
 class ResidualBlock(nn.Module):
     """Pre-norm MLP block: x + W2 dropout(GELU(W1 LayerNorm(x)))."""
@@ -310,8 +318,10 @@ class LSTMBaseline(Dynamics):
         self.lstm = nn.LSTM(slots * STATE_DIM, hidden, layers, batch_first=True)
         self.head = nn.Linear(hidden, slots * self.outputs)
 
-    def accepts(self, num_objects):
-        return num_objects <= self.slots
+    def refuses(self, scenes):
+        if scenes.shape[2] > self.slots:
+            return f"it cannot take scenes of {scenes.shape[2]} objects (its --slots is {self.slots})"
+        return None
 
     def delta(self, frames):
         b, t, n, _ = frames.shape

@@ -51,8 +51,8 @@ class VelocityRule:
         vel = self.velocity(frames)  # [B, N, 2]
         return torch.cat([integrate(frames, vel, self.pos_step), vel], dim=-1) if positions else vel
 
-    def accepts(self, num_objects):
-        return True
+    def refuses(self, scenes):
+        return None
 
 
 class SimulatorOracle(VelocityRule):

@@ -215,3 +215,13 @@ def test_the_paper_model_codes_mass_one_hot_and_feeds_the_raw_focus_to_its_decod
     features = 2 * (MASS + 3)
     assert model.decoder[0].in_features == 50 + features  # the pair sum and the focus's state
     assert make("classic").decoder[0].in_features == 50 + 25  # ours: the focus's encoding
+
+
+def test_the_paper_model_refuses_scenes_with_a_mass_its_one_hot_never_saw():
+    meta = {**META, "world": World(masses=(0.3, 5.0)).to_dict()}  # 0.3: no exact float32
+    model = build_model("paper", data_config("paper", meta, dv_scale=1.0))
+    frames = frames_from_pixels([[200.0, 300.0], [300.0, 300.0], [400.0, 300.0]], [[0.0, 0.0]] * 3).float()
+    frames[..., MASS] = torch.tensor([0.3, 5.0, 0.0])  # two known masses and a block
+    assert model.refuses(frames[None]) is None and make("classic").refuses(frames[None]) is None
+    frames[..., 1, MASS] = 25.0
+    assert "not 25" in model.refuses(frames[None])
