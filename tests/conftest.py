@@ -94,6 +94,15 @@ def group_members(pgid):
     return members
 
 
+def finish(proc, timeout, kill=subprocess.Popen.kill):
+    """(stderr, hung): what the process wrote, and whether it had to be killed after `timeout` s."""
+    try:
+        return proc.communicate(timeout=timeout)[1], False
+    except subprocess.TimeoutExpired:
+        kill(proc)
+        return proc.communicate()[1], True
+
+
 def dead_pid():
     """The pid of a process that has ended (a run killed with kill -9, say)."""
     return int(run_python("-c", "import os; print(os.getpid())", timeout=60).stdout)

@@ -9,7 +9,6 @@ import random
 import re
 import shutil
 import signal
-import subprocess
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,8 +16,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from conftest import (CLASSIC, MODERN, SEED, TINY_MODERN, cli, generation_under_way, group_members, is_one_error_line,
-                      messages, ok,
+from conftest import (CLASSIC, MODERN, SEED, TINY_MODERN, cli, finish, generation_under_way, group_members,
+                      is_one_error_line, messages, ok,
                       start)
 from npe.cli import NPEError
 from npe.config import World
@@ -26,15 +25,6 @@ from npe.data import generate_dataset
 from npe.sim import simulate_scenes
 
 ENDLESS = ["--total_samples", 10**7, "--batch_size", 50, "--eval_every", 10**6, "--device", "cpu"]
-
-
-def finish(proc, timeout, kill=subprocess.Popen.kill):
-    """(stderr, hung): what the process wrote, and whether it had to be killed after `timeout` s."""
-    try:
-        return proc.communicate(timeout=timeout)[1], False
-    except subprocess.TimeoutExpired:
-        kill(proc)
-        return proc.communicate()[1], True
 
 
 def signature(path):

@@ -4,7 +4,6 @@ what the code can use, and SIGTERM to a generation with worker processes."""
 import errno
 import os
 import signal
-import subprocess
 import threading
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import torch
 
 import npe.files
 import npe.render
-from conftest import cli, dead_pid, generation_under_way, group_members, is_one_error_line, messages
+from conftest import cli, dead_pid, finish, generation_under_way, group_members, is_one_error_line, messages
 from npe.cli import FLOAT32_MAX, FLOAT32_TINY, MAX_SCENES, SEED_MAX, NPEError, ball_mass, random_seed, scene_count
 from npe.config import World, state_scale
 from npe.files import load_torch, save_text, save_torch
@@ -216,17 +215,19 @@ def test_extreme_accepted_masses_simulate_to_finite_positive_masses():
 
 # 5. SIGTERM to a generation with worker processes --------------------------------------------------------
 
+def generation_ended(proc, seen, after):
+    """The messages of a generation_under_way once it has ended; it must within 20 s (healthy: 1 s)."""
+    stderr, hung = finish(proc, timeout=20, kill=lambda p: os.killpg(p.pid, signal.SIGKILL))
+    assert not hung, f"still running 20 s after {after}"
+    return messages(seen + stderr)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("to_group", [False, True], ids=["kill PID", "kill the process group"])
 def test_sigterm_to_a_two_worker_generation_exits_143_with_one_line_and_no_traceback(to_group, tmp_path):
     proc, seen = generation_under_way(tmp_path / "balls", 2)
     (os.killpg if to_group else os.kill)(proc.pid, signal.SIGTERM)
-    try:
-        stderr = proc.communicate(timeout=20)[1]
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        pytest.fail("still running 20 s after SIGTERM")
-    lines = messages(seen + stderr)
+    lines = generation_ended(proc, seen, "SIGTERM")
     assert proc.returncode == 143 and is_one_error_line(lines) and "terminated" in lines[0], "\n".join(lines[:40])
     assert not [p for p in tmp_path.iterdir()]
 
@@ -237,12 +238,7 @@ def test_a_worker_killed_mid_generation_ends_it_in_one_line_instead_of_waiting_f
     proc, seen = generation_under_way(tmp_path / "balls", 2)
     workers = [pid for pid in group_members(proc.pid) if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
     os.kill(workers[0], signal.SIGKILL)  # not the resource tracker, the group's other member
-    try:
-        stderr = proc.communicate(timeout=20)[1]
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        pytest.fail("still running 20 s after a worker was killed")
-    lines = messages(seen + stderr)
+    lines = generation_ended(proc, seen, "a worker was killed")
     assert proc.returncode == 2 and is_one_error_line(lines) and "worker process ended" in lines[0], "\n".join(lines)
     assert not [p for p in tmp_path.iterdir()]
 
