@@ -176,6 +176,12 @@ def run_cli(main):
     finally:
         if catch:
             signal.signal(signal.SIGTERM, previous)
+        if catch and main.__module__ == "__main__":
+            # A script's work is done and said: a Ctrl-C or SIGTERM while the interpreter shuts down (in
+            # multiprocessing's or tqdm's exit callbacks) would print "Exception ignored in atexit
+            # callback" with a traceback, and still exit with the status decided here.
+            for s in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(s, signal.SIG_IGN)
 
 
 def add_world_flags(parser, defaults=True):

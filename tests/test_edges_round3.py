@@ -4,6 +4,7 @@ torchrun environment, and a test that hangs. Each test here failed on the code b
 import errno
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -14,7 +15,7 @@ import torch
 import npe.cli
 import npe.data
 import npe.files
-from conftest import CHILD_ENV, CLASSIC, MODERN, REPO, cli, dead_pid, is_one_error_line, ok
+from conftest import CHILD_ENV, CLASSIC, MODERN, REPO, cli, dead_pid, is_one_error_line, ok, run_python
 from npe.checkpoint import load_model
 from npe.cli import BASELINES, NPEError
 from npe.config import MAX_PARAMETERS
@@ -302,6 +303,20 @@ def test_chaos_noise_wider_than_the_box_is_refused(flag, checkpoints, tmp_path):
 def test_ckpt_dir_in_a_symlink_loop_is_one_error_line(dataset, tmp_path):
     (tmp_path / "loop").symlink_to(tmp_path / "loop")
     refused(cli(CLASSIC, *run_flags(dataset, tmp_path / "loop")), "Symlink loop")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["Ctrl-C", "SIGTERM"])
+def test_a_signal_while_a_finished_script_shuts_down_is_ignored_without_a_traceback(signum):
+    # The signal comes from an exit callback, as a Ctrl-C during multiprocessing's or tqdm's would.
+    finished = run_python("-c", textwrap.dedent(f"""
+        import atexit, os
+        from npe.cli import run_cli
+        def main():
+            atexit.register(print, "the last exit callback ran")
+            atexit.register(os.kill, os.getpid(), {int(signum)})
+        run_cli(main)"""), timeout=60)
+    assert finished.returncode == 0 and finished.stderr == "", finished.stderr
+    assert finished.stdout == "the last exit callback ran\n"
 
 
 @pytest.mark.parametrize("main, one_line", [(REPO / "merge_dataset_shards.py", True), (REPO / "tests" / "x.py", False)],
