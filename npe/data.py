@@ -177,8 +177,8 @@ def check_replaceable(prefix):
             if path.is_file():  # (a FIFO would block the load) memory-mapped: gigabytes cost no reading
                 held = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
         if not isinstance(held, torch.Tensor):
-            what = f"a {type(held).__name__}, a checkpoint or another script's file" if held is not None else \
-                "unreadable as a split"
+            what = "unreadable as a split" if held is None else \
+                f"a {type(held).__name__}, a checkpoint or another script's file"
             raise NPEError(f"{path} exists and is not a dataset split ({what}); writing the dataset would "
                            f"replace it: pick another --out_prefix or move that file")
 

@@ -218,7 +218,8 @@ def chaos_reference(meta, scenes, steps, position_px=0.0, velocity_px=0.0, seed=
     raw[..., POS] += noise[0] * position_px * balls
     raw[..., VEL] += noise[1] * velocity_px / world.dt * balls
     pred = np.stack([simulate_from(world, scene, steps) for scene in raw]) / scale  # [S, steps, N, 5]
-    return metric_rows(chaos_name(position_px, velocity_px), velocity_metrics(torch.as_tensor(pred, dtype=scenes.dtype), scenes[:, 2:2 + steps]))
+    metrics = velocity_metrics(torch.as_tensor(pred, dtype=scenes.dtype), scenes[:, 2:2 + steps])
+    return metric_rows(chaos_name(position_px, velocity_px), metrics)
 
 
 FRAME_KINDS = ("free flight", "wall bounce", "ball-ball collision")
